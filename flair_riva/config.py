@@ -1,0 +1,120 @@
+"""RivaConfig: every hyperparameter of the RIVA model, with the paper's Table 2 as defaults.
+
+The config is a plain dataclass that round-trips through JSON (``config.json`` in a model directory).
+It is also pickled inside a Flair tagger (``RivaEmbeddings.to_params``), so that unpickling a saved
+tagger imports ``flair_riva`` and registers the embedding class (see notes §1.3): keep its module
+path and field names stable, and give every new field a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Version of the on-disk model directory format (config.json + vocab.json + model.safetensors).
+FORMAT_VERSION = 1
+
+
+@dataclass
+class RivaConfig:
+    """Architecture and training hyperparameters of RIVA (Sun et al., COLING 2020, §3 and Table 2)."""
+
+    # -- text encoder (§3.1: word + character embeddings as in Lample et al. 2016) ----------------
+    word_dim: int = 100
+    """Word vector size (the paper uses 100-d GloVe in RIVA, §4.3)."""
+    char_dim: int = 25
+    """Character embedding dimension (Table 2)."""
+    char_hidden_size: int = 25
+    """Hidden size per direction of the character biLSTM (Lample et al. 2016 use 25)."""
+    freeze_word_vectors: bool = False
+    """Keep pretrained word vectors fixed during pretraining."""
+    max_vocab_size: int = 50000
+    min_word_count: int = 2
+
+    # -- RGN (§3.1) -------------------------------------------------------------------------------
+    rgn_hidden_size: int = 256
+    """biLSTM hidden size of the RGN (Table 2); f_t has 2 * 256 = 512 dims."""
+    rgn_layers: int = 2
+
+    # -- vision (§3.1, §3.2) ----------------------------------------------------------------------
+    backbone: str = "resnet34"
+    visual_dim: int = 512
+    """d_v: channels of ResNet-34's last convolutional map (7 x 7 x 512)."""
+    num_regions: int = 49
+
+    # -- VCN (§3.2) -------------------------------------------------------------------------------
+    num_heads: int = 8
+    """h in Eq. (4)-(5); d_h = d_v / h."""
+
+    # -- VLCN (§3.3) ------------------------------------------------------------------------------
+    vlcn_hidden_size: int = 256
+    vlcn_layers: int = 2
+    adaptive_softmax_cutoffs: list[int] = field(default_factory=lambda: [2000, 10000])
+    """Cluster boundaries of the adaptive softmax output layer (Grave et al. 2017), clipped to the vocabulary."""
+    adaptive_softmax_div_value: float = 4.0
+
+    # -- regularisation and optimisation (Table 2, "Misc.") -----------------------------------------
+    dropout: float = 0.5
+    learning_rate: float = 2e-2
+    backbone_learning_rate: float = 1e-4
+    optimizer: str = "sgd"
+    batch_size: int = 16
+    clip_grad_norm: float = 5.0
+
+    # -- ablations (§4.5 "RIVA (text)", §4.6 "-RGN") ---------------------------------------------
+    use_image: bool = True
+    """False gives RIVA(text): the RGN and VCN are ablated and the LMs start from learned [BOS]/[EOS]."""
+    gate: bool = True
+    """False gives -RGN: s_G = 1 for every item that has an image."""
+
+    def __post_init__(self) -> None:
+        if self.visual_dim % self.num_heads:
+            raise ValueError(f"visual_dim ({self.visual_dim}) must be divisible by num_heads ({self.num_heads})")
+        for name in ("word_dim", "char_dim", "char_hidden_size", "rgn_hidden_size", "vlcn_hidden_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def text_dim(self) -> int:
+        """d_t: size of the RGN's text vector f_t (forward last + backward first state)."""
+        return 2 * self.rgn_hidden_size
+
+    @property
+    def token_input_dim(self) -> int:
+        """Size of one token's input: word vector + character biLSTM encoding."""
+        return self.word_dim + 2 * self.char_hidden_size
+
+    @property
+    def embedding_length(self) -> int:
+        """Size of one token's RIVA embedding [h_fwd; h_bwd] (§4.2)."""
+        return 2 * self.vlcn_hidden_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RivaConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown RivaConfig fields {unknown}: this checkpoint was written by a newer flair-riva"
+            )
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def replace(self, **changes: Any) -> RivaConfig:
+        return dataclasses.replace(self, **changes)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Taggers pickle the config: fill fields added after the tagger was saved with their defaults.
+        defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+                    for f in dataclasses.fields(self)}
+        defaults.update(state)
+        self.__dict__.update(defaults)

@@ -1,0 +1,417 @@
+"""The RIVA model (Sun et al., COLING 2020, §3 and Figure 2).
+
+Three networks share one token encoder (word vector + character biLSTM, §3.1):
+
+* :class:`RGN`, the text-image relation gating network (§3.1): a biLSTM text vector f_t, the pooled
+  ResNet vector f_v, their element-wise product, FC + GELU, softmax -> relevance score s_G.
+* :class:`VCN`, the visual context network (§3.2, Eq. 3-5): multi-head scaled dot-product attention
+  of the query f_t over the 49 ResNet regions -> visual context v_c and the attention map of Eq. (8).
+* :class:`VLCN`, the visual-linguistic contextual network (§3.3, Eq. 6-7): a forward and a backward
+  LSTM language model whose first input is the gated visual vector v_c^G = s_G * v_c, in place of
+  [BOS] (forward) and [EOS] (backward).
+
+:class:`RivaModel` puts them together with the ResNet backbone, the two pretraining losses
+(task 1, Eq. 1-2; task 2, Eq. 7) and a safe on-disk format (JSON + safetensors, never pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from flair_riva.config import FORMAT_VERSION, RivaConfig
+from flair_riva.io import atomic_directory, atomic_write_text
+from flair_riva.text import TextBatch, TokenEncoder, Vocabulary, encode_batch, init_word_embedding
+from flair_riva.vision import RegionExtractor, VisualFeatures
+
+log = logging.getLogger("flair")
+
+CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE = "config.json", "vocab.json", "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A model directory that is missing, damaged, or written by an incompatible format version."""
+
+
+def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Reverse the first ``lengths[i]`` steps of every row of a (B, T, ...) tensor; padding stays put."""
+    b, t = x.shape[:2]
+    steps = torch.arange(t, device=x.device)[None, :].expand(b, t)
+    lens = lengths.to(x.device)[:, None]
+    index = torch.where(steps < lens, lens - 1 - steps, steps)
+    return x.gather(1, index.view(b, t, *([1] * (x.dim() - 2))).expand_as(x))
+
+
+def run_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor):
+    """Run an LSTM over a padded batch with packing, so outputs never depend on the padding."""
+    packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    out, (h_n, c_n) = lstm(packed)
+    out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+    return out, h_n
+
+
+class RGN(nn.Module):
+    """Text-image relation gating network (§3.1).
+
+    f_t = [forward last state; backward first state] of a 2-layer biLSTM (d_t = 2 x 256);
+    f_v = average-pooled ResNet vector (d_v = 512); logits = FC(GELU(FC(f_t ⊙ f_v))); the softmax
+    probability of "image adds" is the relevance score s_G.
+    """
+
+    def __init__(self, input_dim: int, hidden_size: int, num_layers: int, visual_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(input_dim, hidden_size, num_layers=num_layers, batch_first=True,
+                            bidirectional=True, dropout=dropout if num_layers > 1 else 0.0)
+        text_dim = 2 * hidden_size
+        # f_t ⊙ f_v needs d_t == d_v; with Table 2 (2 x 256 = 512 = d_v) this is the identity.
+        self.visual_proj = nn.Identity() if text_dim == visual_dim else nn.Linear(visual_dim, text_dim)
+        self.fc = nn.Linear(text_dim, text_dim)
+        self.classifier = nn.Linear(text_dim, 2)
+        self.dropout = nn.Dropout(dropout)
+
+    def text_vector(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """f_t: (B, T, D) token inputs -> (B, 2H) = [h_fwd at the last token; h_bwd at the first token]."""
+        _, h_n = run_lstm(self.lstm, tokens, lengths)
+        return torch.cat([h_n[-2], h_n[-1]], dim=-1)
+
+    def classify(self, f_t: torch.Tensor, f_v: torch.Tensor) -> torch.Tensor:
+        """Relation logits (B, 2) from f_t ⊙ f_v through FC + GELU and the softmax layer's FC."""
+        fused = self.dropout(f_t * self.visual_proj(f_v))
+        return self.classifier(self.dropout(F.gelu(self.fc(fused))))
+
+
+class VCN(nn.Module):
+    """Visual context network (§3.2): multi-head scaled dot-product attention, Eq. (3)-(5).
+
+    head_i = Att(Q^s W_i^Q, V^r W_i^V, V^r W_i^V) with the text vector as query Q^s = f_t and the
+    region features V^r as keys and values (the paper uses one projection W^V for both);
+    v_c = head_1 ⊕ ... ⊕ head_h, d_h = d_v / h.
+    """
+
+    def __init__(self, text_dim: int, visual_dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = visual_dim // num_heads
+        self.query = nn.Linear(text_dim, visual_dim, bias=False)        # W^Q_1..h stacked
+        self.key_value = nn.Linear(visual_dim, visual_dim, bias=False)  # W^V_1..h stacked
+
+    def forward(self, f_t: torch.Tensor, regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, d_t), (B, R, d_v) -> v_c (B, d_v) and the head-averaged attention of Eq. (8), (B, R)."""
+        b, r, _ = regions.shape
+        q = self.query(f_t).view(b, self.num_heads, 1, self.head_dim)
+        kv = self.key_value(regions).view(b, r, self.num_heads, self.head_dim).transpose(1, 2)
+        scores = q @ kv.transpose(-1, -2) / math.sqrt(self.head_dim)      # Eq. (3): QK^T / sqrt(d_k)
+        weights = scores.softmax(dim=-1)                                   # (B, h, 1, R)
+        v_c = (weights @ kv).reshape(b, self.num_heads * self.head_dim)    # Eq. (4)-(5)
+        return v_c, weights.mean(dim=1).squeeze(1)                         # Eq. (8)
+
+
+class VLCN(nn.Module):
+    """Visual-linguistic contextual network (§3.3): forward and backward LSTM LMs, Eq. (6)-(7).
+
+    The forward LM reads ([BOS], w_1..w_T) and the backward LM reads ([EOS], w_T..w_1), where the
+    first input is the gated visual vector v_c^G = s_G * v_c mapped to the token-input size by an
+    FC + GELU layer; with ``use_image=False`` (RIVA(text)) they are learned [BOS]/[EOS] vectors.
+    The state after reading w_k is token k's embedding in each direction (§4.2), and the state before
+    w_k predicts it (next word prediction).
+    """
+
+    def __init__(self, input_dim: int, visual_dim: int, hidden_size: int, num_layers: int,
+                 vocab_size: int, cutoffs: Sequence[int], div_value: float, dropout: float) -> None:
+        super().__init__()
+        self.visual_proj = nn.Sequential(nn.Linear(visual_dim, input_dim), nn.GELU())
+        self.bos = nn.Parameter(torch.randn(input_dim) * 0.1)
+        self.eos = nn.Parameter(torch.randn(input_dim) * 0.1)
+        lstm_dropout = dropout if num_layers > 1 else 0.0
+        self.forward_lm = nn.LSTM(input_dim, hidden_size, num_layers=num_layers, batch_first=True,
+                                  dropout=lstm_dropout)
+        self.backward_lm = nn.LSTM(input_dim, hidden_size, num_layers=num_layers, batch_first=True,
+                                   dropout=lstm_dropout)
+        self.dropout = nn.Dropout(dropout)
+        usable = [c for c in cutoffs if 0 < c < vocab_size - 1] or [max(1, (vocab_size - 1) // 2)]
+        # One adaptive softmax (Grave et al. 2017) serves both directions, as in ELMo: the output layer
+        # over a large vocabulary is the pretraining hot spot.
+        self.output = nn.AdaptiveLogSoftmaxWithLoss(hidden_size, vocab_size, cutoffs=usable, div_value=div_value)
+
+    def start_vectors(self, v_c_gated: torch.Tensor | None, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """First inputs of the forward and backward LMs: FC+GELU(v_c^G) for both, or learned [BOS]/[EOS]."""
+        if v_c_gated is None:
+            return self.bos.expand(batch_size, -1), self.eos.expand(batch_size, -1)
+        start = self.visual_proj(v_c_gated)
+        return start, start
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, v_c_gated: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run both LMs over (B, T, D) token inputs.
+
+        Returns ``(token_states, fwd_pred, bwd_pred)``: the (B, T, 2H) per-token [h_fwd; h_bwd] in
+        input order, and the (B, T, H) states that predict w_1..w_T (forward) and w_T..w_1 (backward).
+        """
+        b = tokens.shape[0]
+        start_f, start_b = self.start_vectors(v_c_gated, b)
+        lengths1 = lengths + 1
+        fwd, _ = run_lstm(self.forward_lm, torch.cat([start_f[:, None], tokens], dim=1), lengths1)
+        bwd, _ = run_lstm(self.backward_lm,
+                          torch.cat([start_b[:, None], reverse_padded(tokens, lengths)], dim=1), lengths1)
+        # fwd[:, k] read w_k (k >= 1); bwd[:, j] read w_{T+1-j}: un-reverse to align with the tokens.
+        token_states = torch.cat([fwd[:, 1:], reverse_padded(bwd[:, 1:], lengths)], dim=-1)
+        return token_states, fwd[:, :-1], bwd[:, :-1]
+
+    def nll(self, states: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Summed negative log-likelihood of ``targets`` under the output layer at masked positions."""
+        flat = self.dropout(states[mask])
+        if flat.shape[0] == 0:
+            return states.sum() * 0.0
+        return -self.output(flat, targets[mask]).output.sum()
+
+
+@dataclass
+class RivaOutput:
+    """Everything one forward pass of RIVA computes for a batch."""
+
+    s_g: torch.Tensor
+    """(B,) relevance score s_G in [0, 1]: 0 for items without an image, 1 for every image when gate=False."""
+    relation_logits: torch.Tensor | None
+    """(B, 2) RGN logits (class 1 = "image adds"); None for RIVA(text)."""
+    attention: torch.Tensor | None
+    """(B, 49) attention over the regions, averaged over heads (Eq. 8); None for RIVA(text)."""
+    v_c: torch.Tensor | None
+    """(B, d_v) visual context of Eq. (5), before gating."""
+    token_states: torch.Tensor
+    """(B, T, 2H) per-token [h_fwd; h_bwd] of the VLCN's top layer (§4.2); zeros at padding."""
+    fwd_pred: torch.Tensor
+    bwd_pred: torch.Tensor
+
+
+class RivaModel(nn.Module):
+    """RIVA: token encoder, RGN, VCN, VLCN and the ResNet backbone (Figure 2)."""
+
+    def __init__(self, config: RivaConfig, vocab: Vocabulary, backbone_weights: str | Path | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.vocab = vocab
+        c = config
+        self.token_encoder = TokenEncoder(len(vocab), vocab.num_chars, c.word_dim, c.char_dim,
+                                          c.char_hidden_size, c.freeze_word_vectors)
+        d_in = self.token_encoder.output_dim
+        self.rgn = RGN(d_in, c.rgn_hidden_size, c.rgn_layers, c.visual_dim, c.dropout)
+        self.vcn = VCN(c.text_dim, c.visual_dim, c.num_heads)
+        self.vlcn = VLCN(d_in, c.visual_dim, c.vlcn_hidden_size, c.vlcn_layers, len(vocab),
+                         c.adaptive_softmax_cutoffs, c.adaptive_softmax_div_value, c.dropout)
+        self.backbone = RegionExtractor(c.backbone, weights=backbone_weights) if c.use_image else None
+        self.input_dropout = nn.Dropout(c.dropout)
+
+    # -- construction helpers ---------------------------------------------------------------------
+    @classmethod
+    def from_texts(cls, config: RivaConfig, token_lists: Sequence[Sequence[str]], word_vectors=None,
+                   backbone_weights: str | Path | None = None) -> RivaModel:
+        """Build the vocabulary from tokenised pretraining texts (size cap and minimum count of the
+        config; words the word vectors know are kept whatever their count) and a fresh model."""
+        extra: set[str] = set()
+        if word_vectors is not None:
+            from flair_riva.text import normalize_word
+
+            known = set(word_vectors.key_to_index)
+            extra = {normalize_word(t) for tokens in token_lists for t in tokens}
+            extra = {w for w in extra if w in known}
+            if word_vectors.vector_size != config.word_dim:
+                log.info("word_dim set to %d to match the word vectors", word_vectors.vector_size)
+                config = config.replace(word_dim=word_vectors.vector_size)
+        vocab = Vocabulary.build(token_lists, config.max_vocab_size, config.min_word_count, extra_words=extra)
+        model = cls(config, vocab, backbone_weights=backbone_weights)
+        if word_vectors is not None:
+            model.init_word_vectors(word_vectors)
+        return model
+
+    def init_word_vectors(self, vectors) -> tuple[int, int]:
+        """Initialise the word embeddings from gensim ``KeyedVectors`` (OOV words stay random)."""
+        return init_word_embedding(self.token_encoder.word_embedding, self.vocab, vectors)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by part: "text" (token encoder), "rgn" (θ_RGN), "vcn" (θ_VCN), "vlcn" (θ_VLCN), "backbone"."""
+        return {
+            "text": list(self.token_encoder.parameters()),
+            "rgn": list(self.rgn.parameters()),
+            "vcn": list(self.vcn.parameters()),
+            "vlcn": list(self.vlcn.parameters()),
+            "backbone": list(self.backbone.parameters()) if self.backbone is not None else [],
+        }
+
+    def rgn_parameters(self) -> list[nn.Parameter]:
+        """θ_RGN of Algorithm 1, line 10: the RGN's biLSTM and FC layers (not the shared token encoder)."""
+        return list(self.rgn.parameters())
+
+    def train(self, mode: bool = True) -> RivaModel:
+        super().train(mode)
+        if self.backbone is not None:
+            # Batch statistics of 16 tweets are too noisy: fine-tuning keeps BatchNorm in eval mode.
+            self.backbone.eval()
+        return self
+
+    # -- inputs -------------------------------------------------------------------------------------
+    def encode(self, token_lists: Sequence[Sequence[str]]) -> TextBatch:
+        """Tokenised texts -> a padded :class:`TextBatch` on the model's device."""
+        return encode_batch(self.vocab, token_lists).to(self.device)
+
+    def visual_from_pixels(self, pixels: torch.Tensor, has_image: torch.Tensor,
+                           reasons: list[str | None] | None = None) -> VisualFeatures:
+        """Run the backbone (trainable when fine-tuned) on (B, 3, 224, 224) pixels."""
+        if self.backbone is None:
+            raise RuntimeError("this RIVA model was built with use_image=False and has no backbone")
+        has_image = has_image.to(self.device)
+        regions, pooled = self.backbone(pixels.to(self.device))
+        keep = has_image[:, None].to(regions.dtype)
+        return VisualFeatures(regions * keep[:, :, None], pooled * keep, has_image,
+                              list(reasons) if reasons is not None else [None] * len(has_image))
+
+    def _check_visual(self, text: TextBatch, visual: VisualFeatures) -> VisualFeatures:
+        b = text.word_ids.shape[0]
+        c = self.config
+        if visual.regions.shape != (b, c.num_regions, c.visual_dim) or visual.pooled.shape != (b, c.visual_dim):
+            raise ValueError(
+                f"visual features have shapes {tuple(visual.regions.shape)} / {tuple(visual.pooled.shape)}, "
+                f"expected ({b}, {c.num_regions}, {c.visual_dim}) / ({b}, {c.visual_dim})"
+            )
+        return visual.to(self.device)
+
+    # -- forward --------------------------------------------------------------------------------------
+    def _tokens(self, text: TextBatch) -> torch.Tensor:
+        return self.input_dropout(self.token_encoder(text))
+
+    def relation_logits(self, text: TextBatch, visual: VisualFeatures) -> torch.Tensor:
+        """Task 1 path only (token encoder + RGN): (B, 2) relation logits. Used by the teacher."""
+        if not self.config.use_image:
+            raise RuntimeError("RIVA(text) (use_image=False) has no RGN")
+        visual = self._check_visual(text, visual)
+        f_t = self.rgn.text_vector(self._tokens(text), text.lengths)
+        return self.rgn.classify(f_t, visual.pooled)
+
+    def forward(self, text: TextBatch, visual: VisualFeatures | None = None) -> RivaOutput:
+        """The full model of Figure 2 on a batch: RGN -> s_G, VCN -> v_c, VLCN on v_c^G = s_G · v_c."""
+        tokens = self._tokens(text)
+        b = tokens.shape[0]
+        if not self.config.use_image:
+            token_states, fwd, bwd = self.vlcn(tokens, text.lengths, None)
+            return RivaOutput(tokens.new_zeros(b), None, None, None, token_states, fwd, bwd)
+        if visual is None:
+            raise ValueError("this RIVA model uses images: pass VisualFeatures (has_image=False rows for none)")
+        visual = self._check_visual(text, visual)
+        f_t = self.rgn.text_vector(tokens, text.lengths)
+        logits = self.rgn.classify(f_t, visual.pooled)
+        has_image = visual.has_image.to(tokens.dtype)
+        p_adds = logits.softmax(dim=-1)[:, 1]
+        s_g = (p_adds if self.config.gate else torch.ones_like(p_adds)) * has_image
+        v_c, attention = self.vcn(f_t, visual.regions)
+        token_states, fwd, bwd = self.vlcn(tokens, text.lengths, s_g[:, None] * v_c)
+        return RivaOutput(s_g, logits, attention, v_c, token_states, fwd, bwd)
+
+    # -- losses --------------------------------------------------------------------------------------
+    @staticmethod
+    def relation_loss(logits: torch.Tensor, labels: torch.Tensor, has_image: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+        """Task 1, Eq. (1)-(2): cross-entropy of the relation label, averaged over items with an image."""
+        labels = labels.to(logits.device)
+        if has_image is not None:
+            keep = has_image.to(logits.device)
+            logits, labels = logits[keep], labels[keep]
+        if logits.shape[0] == 0:
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits, labels)
+
+    def lm_loss_sum(self, out: RivaOutput, text: TextBatch) -> tuple[torch.Tensor, int]:
+        """Task 2, Eq. (7): summed NLL of next-word prediction in both directions, and the token count."""
+        mask = text.mask
+        fwd = self.vlcn.nll(out.fwd_pred, text.word_ids, mask)
+        bwd = self.vlcn.nll(out.bwd_pred, reverse_padded(text.word_ids, text.lengths), mask)
+        return fwd + bwd, 2 * int(mask.sum())
+
+    def lm_loss(self, out: RivaOutput, text: TextBatch) -> torch.Tensor:
+        """Task 2, Eq. (7), averaged per predicted token (both directions)."""
+        total, count = self.lm_loss_sum(out, text)
+        return total / max(count, 1)
+
+    # -- embedding -----------------------------------------------------------------------------------
+    def embed(self, token_lists: Sequence[Sequence[str]], visual: VisualFeatures | None = None
+              ) -> tuple[list[torch.Tensor], RivaOutput]:
+        """Per-token [h_fwd; h_bwd] (§4.2) for each text, each (T_i, 2H), plus the full output."""
+        text = self.encode(token_lists)
+        out = self(text, visual)
+        return [out.token_states[i, : len(t)] for i, t in enumerate(token_lists)], out
+
+    # -- persistence ---------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        """Write ``config.json``, ``vocab.json`` and ``model.safetensors`` atomically into ``directory``."""
+        from safetensors.torch import save_file
+
+        from flair_riva import __version__
+
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "flair_riva_version": __version__,
+            "config": self.config.to_dict(),
+            "vocab_size": len(self.vocab),
+            "num_chars": self.vocab.num_chars,
+        }
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        with atomic_directory(directory) as tmp:
+            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format_version": str(FORMAT_VERSION)})
+            atomic_write_text(tmp / VOCAB_FILE, self.vocab.to_json())
+            atomic_write_text(tmp / CONFIG_FILE, json.dumps(meta, indent=2, sort_keys=True))
+
+    @classmethod
+    def load(cls, directory: str | Path, map_location: str | torch.device | None = None) -> RivaModel:
+        """Load a directory written by :meth:`save`. Reads JSON and safetensors only: never unpickles."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise CheckpointError(f"{directory} is not a RIVA model directory (it does not exist)")
+        for name in (CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE):
+            if not (directory / name).is_file():
+                raise CheckpointError(f"{directory} is not a RIVA model directory: {name} is missing")
+        try:
+            meta = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+            version = meta["format_version"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{directory / CONFIG_FILE} is not a valid RIVA config: {exc}") from exc
+        if version != FORMAT_VERSION:
+            raise CheckpointError(
+                f"{directory} was written in RIVA format version {version} (flair-riva "
+                f"{meta.get('flair_riva_version', '?')}); this flair-riva reads version {FORMAT_VERSION}"
+            )
+        try:
+            config = RivaConfig.from_dict(meta["config"])
+            vocab = Vocabulary.from_json((directory / VOCAB_FILE).read_text(encoding="utf-8"))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{directory}: bad config or vocabulary: {exc}") from exc
+        if len(vocab) != meta.get("vocab_size") or vocab.num_chars != meta.get("num_chars"):
+            raise CheckpointError(f"{directory}: vocab.json does not match the sizes recorded in config.json")
+        device = torch.device(map_location) if map_location is not None else torch.device("cpu")
+        try:
+            state = load_file(str(directory / WEIGHTS_FILE), device=str(device))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{directory / WEIGHTS_FILE} cannot be read: {exc}") from exc
+        model = cls(config, vocab, backbone_weights=None)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{directory}: weights do not fit the recorded config: {exc}") from exc
+        return model.to(device).eval()
+
+    def num_parameters(self) -> dict[str, int]:
+        """Parameter count per part (see :meth:`parameter_groups`)."""
+        return {k: sum(p.numel() for p in ps) for k, ps in self.parameter_groups().items()}

