@@ -201,3 +201,38 @@ def test_table2_defaults():
     assert (c.batch_size, c.dropout, c.learning_rate, c.backbone_learning_rate, c.clip_grad_norm) == (
         16, 0.5, 2e-2, 1e-4, 5.0)
     assert c.char_dim == 25 and c.text_dim == 512 == c.visual_dim and c.embedding_length == 512
+
+
+def test_a_few_hundred_steps_on_the_demo_world_lower_both_losses(tiny_config, tmp_path):
+    from flair_riva.datasets import iter_unlabelled_pairs, read_relation_pairs
+    from flair_riva.demo import generate_demo_world
+    from flair_riva.vision import ImageFeaturizer
+
+    torch.manual_seed(0)
+    world = generate_demo_world(tmp_path / "demo", scale=0.1)
+    unlabelled = list(iter_unlabelled_pairs(world.unlabelled_file))
+    labelled = read_relation_pairs(world.relation_file)
+    model = RivaModel.from_texts(tiny_config.replace(dropout=0.1), [p.tokens for p in unlabelled + labelled])
+    featurizer = ImageFeaturizer(model.backbone)
+    model.backbone.requires_grad_(False)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    task1, task2 = [], []
+    model.train()
+    for _ in range(240):
+        idx = torch.randint(len(labelled), (8,), generator=gen).tolist()
+        batch = [labelled[i] for i in idx]
+        text = model.encode([p.tokens for p in batch])
+        visual = featurizer([p.image for p in batch])
+        out = model(text, visual)
+        l1 = model.relation_loss(out.relation_logits, torch.tensor([p.label for p in batch]), visual.has_image)
+        l2 = model.lm_loss(out, text)
+        optimizer.zero_grad()
+        (l1 + l2).backward()
+        optimizer.step()
+        task1.append(l1.item())
+        task2.append(l2.item())
+    first, last = slice(0, 30), slice(-30, None)
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    assert mean(task1[last]) < 0.8 * mean(task1[first]), (mean(task1[first]), mean(task1[last]))
+    assert mean(task2[last]) < 0.8 * mean(task2[first]), (mean(task2[first]), mean(task2[last]))
