@@ -1,0 +1,397 @@
+"""The paper's multimodal NER experiments (§4.2-4.7; Tables 2, 4, 5, 6) with Flair's biLSTM-CRF.
+
+One implementation behind ``recipes/twitter2015.py`` (Fudan Univ.), ``recipes/twitter2017.py``
+(Snap Res.) and ``recipes/quickstart.py`` (the demo world).
+
+Configurations (``--configs``, default: every one whose models were given):
+
+======================  =========  ===================================================================
+name                    paper      token embeddings e_k fed to the biLSTM-CRF
+======================  =========  ===================================================================
+``text``                Table 4    word vectors + character biLSTM (Lample et al. 2016)
+``image+text``          Table 4    + the pooled ResNet vector as a first pseudo-token ``[IMG]``
+``+RIVA(text)``         Table 4    + RIVA pretrained text-only (RGN and VCN ablated)
+``+RIVA(image+text)``   Table 4/5  + RIVA
+``-RGN``                Table 6    + RIVA pretrained with the RGN ablated (s_G = 1)
+``+BERT``               Table 5    + BERT-family transformer (local directory), subword mean
+``+RIVA+BERT``          Table 5    + RIVA + BERT
+``+RIVA+BERT+Flair``    Table 5    + RIVA + BERT + Flair forward/backward LMs (local files)
+======================  =========  ===================================================================
+
+Protocol: Table 2 settings (biLSTM hidden 256, 512 with RIVA, 1024 with BERT; 1 layer; batch 8;
+SGD; dropout 0.5; clip 5.0); model selection on dev only (Flair keeps the best dev epoch); ``--seeds N``
+runs N seeds and reports mean ± std. Every score is given as Flair reports it (span micro F1 in the
+conlleval convention: an orphan ``I-`` starts an entity) and in seqeval's strict IOB2 mode. Test
+tweets are also scored separately by the RGN's relation call ("image adds": s_G >= 0.5), Table 6.
+Results go to ``results.md`` and ``results.csv`` in the run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import flair
+import torch
+from flair.data import Corpus, Dictionary, Sentence
+from flair.embeddings import (
+    CharacterEmbeddings,
+    FlairEmbeddings,
+    StackedEmbeddings,
+    TokenEmbeddings,
+    TransformerWordEmbeddings,
+    WordEmbeddings,
+)
+from flair.models import SequenceTagger
+from flair.trainers import ModelTrainer
+
+log = logging.getLogger("flair")
+
+TABLE4 = ["text", "image+text", "+RIVA(text)", "+RIVA(image+text)"]
+TABLE5 = ["+BERT", "+RIVA+BERT", "+RIVA+BERT+Flair"]
+TABLE6 = ["+RIVA(image+text)", "-RGN"]
+ALL_CONFIGS = TABLE4 + ["-RGN"] + TABLE5
+
+
+@dataclass
+class ExperimentArgs:
+    """Everything a run needs; the CLI of each recipe fills it."""
+
+    corpus: Corpus
+    name: str
+    output: Path
+    gold_tags: dict[str, list[list[str]]]
+    """Raw BIO tags of dev/test as in the files (for seqeval strict scoring)."""
+    word_vectors: Path | None = None
+    riva: Path | None = None
+    riva_text: Path | None = None
+    riva_nogate: Path | None = None
+    bert: Path | None = None
+    flair_forward: Path | None = None
+    flair_backward: Path | None = None
+    feature_cache: Path | None = None
+    configs: list[str] = field(default_factory=lambda: list(ALL_CONFIGS))
+    seeds: int = 1
+    epochs: int = 30
+    learning_rate: float = 0.02
+    batch_size: int = 8
+    hidden_sizes: dict[str, int] = field(default_factory=lambda: {"text": 256, "riva": 512, "bert": 1024})
+    image_backbone_weights: str | None = None
+
+
+# -- corpus helpers ------------------------------------------------------------------------------------
+
+def read_gold_tags(path: Path) -> list[list[str]]:
+    """BIO tags per tweet, exactly as written in an IMGID-format file."""
+    tweets: list[list[str]] = []
+    current: list[str] | None = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("IMGID:"):
+            current = []
+            tweets.append(current)
+        elif line.strip() and current is not None:
+            current.append(line.split("\t")[-1].strip())
+    return [t for t in tweets if t]
+
+
+def image_coverage(corpus: Corpus) -> dict[str, tuple[int, int]]:
+    """(tweets with an image file on disk, tweets) per split."""
+    out = {}
+    for split in ("train", "dev", "test"):
+        sentences = getattr(corpus, split) or []
+        have = sum(1 for s in sentences if s.has_metadata("image_path") and Path(s.get_metadata("image_path")).is_file())
+        out[split] = (have, len(sentences))
+    return out
+
+
+def _as_kv(path: Path, cache_dir: Path) -> Path:
+    """Flair's WordEmbeddings reads gensim .kv/.bin/.txt: convert anything else (e.g. GloVe .txt.gz) once."""
+    if path.suffix in (".kv", ".bin"):
+        return path
+    from flair_riva.text import load_word_vectors
+
+    target = cache_dir / (path.name.replace(".", "_") + ".kv")
+    if not target.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        load_word_vectors(path).save(str(target))
+    return target
+
+
+def _char_dictionary(corpus: Corpus, path: Path) -> Path:
+    """A character dictionary from the corpus (Flair's default one is a download)."""
+    if not path.exists():
+        d = Dictionary(add_unk=True)
+        for sentence in corpus.get_all_sentences():
+            for token in sentence.tokens:
+                for ch in token.text:
+                    d.add_item(ch)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        d.save(str(path))
+    return path
+
+
+# -- embeddings per configuration ---------------------------------------------------------------------
+
+def build_embeddings(config: str, args: ExperimentArgs) -> tuple[list[TokenEmbeddings], int]:
+    """The token embeddings and the biLSTM hidden size (Table 2) of one configuration."""
+    from flair_riva.baselines import ImageTokenEmbeddings
+    from flair_riva.embeddings import RivaEmbeddings
+
+    cache = args.output / "cache"
+    base: list[TokenEmbeddings] = []
+    if args.word_vectors is not None:
+        base.append(WordEmbeddings(str(_as_kv(args.word_vectors, cache)), name="word"))
+    base.append(CharacterEmbeddings(str(_char_dictionary(args.corpus, cache / "chars.pkl")), 25, 25))
+    fc = str(args.feature_cache) if args.feature_cache else None
+
+    def need(path: Path | None, option: str) -> Path:
+        if path is None:
+            raise SkipConfig(f"needs {option}")
+        return path
+
+    hidden = args.hidden_sizes
+    if config == "text":
+        return base, hidden["text"]
+    if config == "image+text":
+        backbone_from = RivaEmbeddings(need(args.riva, "--riva")).model.backbone if args.riva else None
+        emb = ImageTokenEmbeddings(backbone_weights=args.image_backbone_weights, feature_cache=fc)
+        if backbone_from is not None:  # the same ResNet as RIVA's, so both see the same visual features
+            emb.extractor.load_state_dict(backbone_from.state_dict())
+        return base + [emb], hidden["text"]
+    if config == "+RIVA(text)":
+        return base + [RivaEmbeddings(need(args.riva_text, "--riva-text"), name="riva-text")], hidden["riva"]
+    if config == "+RIVA(image+text)":
+        return base + [RivaEmbeddings(need(args.riva, "--riva"), feature_cache=fc, name="riva")], hidden["riva"]
+    if config == "-RGN":
+        return base + [RivaEmbeddings(need(args.riva_nogate, "--riva-nogate"), feature_cache=fc,
+                                      name="riva-nogate")], hidden["riva"]
+    bert = TransformerWordEmbeddings(str(need(args.bert, "--bert")), layers="-1", subtoken_pooling="mean",
+                                     fine_tune=False, name="bert") if "BERT" in config else None
+    if config == "+BERT":
+        return base + [bert], hidden["bert"]
+    riva = RivaEmbeddings(need(args.riva, "--riva"), feature_cache=fc, name="riva")
+    if config == "+RIVA+BERT":
+        return base + [riva, bert], hidden["bert"]
+    if config == "+RIVA+BERT+Flair":
+        fw = FlairEmbeddings(str(need(args.flair_forward, "--flair-forward")), name="flair-fw")
+        bw = FlairEmbeddings(str(need(args.flair_backward, "--flair-backward")), name="flair-bw")
+        return base + [riva, bert, fw, bw], hidden["bert"]
+    raise ValueError(f"unknown configuration {config!r}; choose from {ALL_CONFIGS}")
+
+
+class SkipConfig(Exception):
+    """A configuration whose models were not given: it is reported as skipped, not run."""
+
+
+# -- scoring ------------------------------------------------------------------------------------------
+
+def predicted_bio(sentence: Sentence, label_type: str = "ner", offset: int = 0) -> list[str]:
+    """BIO tags of the predicted spans of a sentence (``offset`` drops leading pseudo-tokens)."""
+    tags = ["O"] * len(sentence)
+    for span in sentence.get_spans("predicted"):
+        value = span.get_label("predicted").value
+        idx = [t.idx - 1 for t in span.tokens]
+        tags[idx[0]] = f"B-{value}"
+        for i in idx[1:]:
+            tags[i] = f"I-{value}"
+    return tags[offset:]
+
+
+def f1_scores(gold: list[list[str]], pred: list[list[str]]) -> dict[str, float]:
+    """Span micro F1 in the conlleval convention (as Flair reports it) and in seqeval's strict IOB2 mode."""
+    from seqeval.metrics import f1_score
+    from seqeval.scheme import IOB2
+
+    if not gold:
+        return {"f1": float("nan"), "f1_strict": float("nan")}
+    return {"f1": 100 * f1_score(gold, pred), "f1_strict": 100 * f1_score(gold, pred, mode="strict", scheme=IOB2)}
+
+
+def relevance_of(sentences: Sequence[Sentence], riva_dir: Path, feature_cache: Path | None) -> list[float]:
+    """s_G of every sentence under the RIVA model's RGN (Table 6 splits the test set at 0.5)."""
+    from flair_riva.embeddings import RivaEmbeddings
+
+    emb = RivaEmbeddings(riva_dir, feature_cache=str(feature_cache) if feature_cache else None, name="riva-rgn")
+    copies = [Sentence([t.text for t in s.tokens]) for s in sentences]
+    for copy, s in zip(copies, sentences):
+        if s.has_metadata("image_path"):
+            copy.add_metadata("image_path", s.get_metadata("image_path"))
+    for i in range(0, len(copies), 64):
+        emb.embed(copies[i : i + 64])
+    return [float(c.get_metadata("riva_relevance")) for c in copies]
+
+
+# -- one run ------------------------------------------------------------------------------------------
+
+def train_one(config: str, seed: int, args: ExperimentArgs, relevance: list[float] | None) -> dict:
+    """Train and evaluate one configuration with one seed; returns one results.csv row."""
+    from flair_riva.baselines import with_image_token
+
+    flair.set_seed(seed)
+    run_dir = args.output / "runs" / f"{config.replace('+', 'plus-').replace('(', '').replace(')', '')}-seed{seed}"
+    embeddings, hidden = build_embeddings(config, args)
+    corpus = args.corpus
+    offset = 0
+    if config == "image+text":
+        offset = 1
+        corpus = Corpus([with_image_token(s) for s in corpus.train], [with_image_token(s) for s in corpus.dev],
+                        [with_image_token(s) for s in corpus.test], name=corpus.name, sample_missing_splits=False)
+    tag_dictionary = corpus.make_label_dictionary("ner", add_unk=False)
+    tagger = SequenceTagger(hidden_size=hidden, embeddings=StackedEmbeddings(embeddings), tag_dictionary=tag_dictionary,
+                            tag_type="ner", use_crf=True, use_rnn=True, rnn_layers=1, dropout=0.5)
+    start = time.time()
+    ModelTrainer(tagger, corpus).train(
+        run_dir, learning_rate=args.learning_rate, mini_batch_size=args.batch_size, max_epochs=args.epochs,
+        embeddings_storage_mode="cpu", max_grad_norm=5.0, save_final_model=False, create_file_logs=True,
+        main_evaluation_metric=("micro avg", "f1-score"), use_final_model_for_eval=False,
+    )  # the best dev epoch (best-model.pt) is reloaded before the final evaluation: selection on dev only
+    train_seconds = time.time() - start
+    row: dict = {"corpus": args.name, "config": config, "seed": seed, "epochs": args.epochs,
+                 "train_seconds": round(train_seconds, 1)}
+    for split in ("dev", "test"):
+        sentences = list(getattr(corpus, split))
+        tagger.predict(sentences, mini_batch_size=32, label_name="predicted")
+        pred = [predicted_bio(s, offset=offset) for s in sentences]
+        gold = args.gold_tags[split]
+        if [len(g) for g in gold] != [len(p) for p in pred]:
+            raise RuntimeError(f"{split}: gold tags of the file do not align with the corpus sentences")
+        scores = f1_scores(gold, pred)
+        row[f"{split}_f1"], row[f"{split}_f1_strict"] = scores["f1"], scores["f1_strict"]
+        if split == "test" and relevance is not None:
+            for subset, keep in (("adds", [r >= 0.5 for r in relevance]), ("not_adds", [r < 0.5 for r in relevance])):
+                sub = f1_scores([g for g, k in zip(gold, keep) if k], [p for p, k in zip(pred, keep) if k])
+                row[f"test_{subset}_f1"], row[f"test_{subset}_f1_strict"] = sub["f1"], sub["f1_strict"]
+                row[f"test_{subset}_n"] = sum(keep)
+        for s in sentences:
+            s.remove_labels("predicted")
+    flair_result = tagger.evaluate(list(corpus.test), gold_label_type="ner", mini_batch_size=32)
+    row["test_f1_flair_evaluate"] = 100 * flair_result.main_score
+    log.info("%s seed %d: dev F1 %.2f, test F1 %.2f (strict %.2f)", config, seed, row["dev_f1"], row["test_f1"],
+             row["test_f1_strict"])
+    return row
+
+
+def _mean_std(values: list[float]) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def write_results(rows: list[dict], args: ExperimentArgs, skipped: dict[str, str], coverage: dict) -> str:
+    """results.csv (one row per configuration and seed) and results.md (the paper's tables)."""
+    args.output.mkdir(parents=True, exist_ok=True)
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(args.output / "results.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def agg(config: str, key: str) -> str:
+        return _mean_std([r[key] for r in rows if r["config"] == config and key in r])
+
+    def table(title: str, configs: list[str], cols: list[tuple[str, str]]) -> list[str]:
+        present = [c for c in configs if any(r["config"] == c for r in rows)]
+        if not present:
+            return []
+        out = [f"### {title}", "", "| configuration | " + " | ".join(h for h, _ in cols) + " |",
+               "|---|" + "---:|" * len(cols)]
+        out += [f"| biLSTM-CRF {c} | " + " | ".join(agg(c, k) for _, k in cols) + " |" for c in present]
+        return out + [""]
+
+    main_cols = [("dev F1", "dev_f1"), ("test F1 (conlleval, as Flair)", "test_f1"),
+                 ("test F1 (seqeval strict IOB2)", "test_f1_strict")]
+    lines = [f"# {args.name}: multimodal NER with flair-riva", "",
+             f"Seeds: {args.seeds}; epochs: {args.epochs}; F1 in %, mean ± std over seeds; model selection on dev.",
+             "Tweets with an image file: " + ", ".join(f"{k} {a}/{b}" for k, (a, b) in coverage.items()) + ".", ""]
+    lines += table("Table 4", TABLE4, main_cols)
+    lines += table("Table 5", ["+RIVA(image+text)"] + TABLE5, main_cols)
+    lines += table("Table 6 (test split by the RGN: s_G >= 0.5 is \"image adds\")", TABLE6,
+                   [("image adds", "test_adds_f1"), ("image doesn't add", "test_not_adds_f1"), ("overall", "test_f1")])
+    if skipped:
+        lines += ["Skipped: " + "; ".join(f"{c} ({why})" for c, why in skipped.items()), ""]
+    text = "\n".join(lines)
+    (args.output / "results.md").write_text(text, encoding="utf-8")
+    return text
+
+
+def run_experiments(args: ExperimentArgs) -> tuple[list[dict], str]:
+    """Every configuration × seed; returns the rows and the markdown tables."""
+    args.output.mkdir(parents=True, exist_ok=True)
+    coverage = image_coverage(args.corpus)
+    for split, (have, total) in coverage.items():
+        log.info("%s %s: %d of %d tweets have an image file; the others are embedded text-only", args.name, split,
+                 have, total)
+    relevance = None
+    if args.riva is not None and any(c in args.configs for c in TABLE6 + TABLE4):
+        relevance = relevance_of(list(args.corpus.test), args.riva, args.feature_cache)
+    rows, skipped = [], {}
+    for config in args.configs:
+        for seed in range(1, args.seeds + 1):
+            try:
+                rows.append(train_one(config, seed, args, relevance))
+            except SkipConfig as why:
+                skipped[config] = str(why)
+                log.warning("skipping %s: %s", config, why)
+                break
+            write_results(rows, args, skipped, coverage)  # partial results survive a long run's interruption
+    text = write_results(rows, args, skipped, coverage)
+    (args.output / "args.json").write_text(json.dumps(
+        {k: str(v) for k, v in vars(args).items() if k not in ("corpus", "gold_tags")}, indent=2))
+    return rows, text
+
+
+# -- command line --------------------------------------------------------------------------------------
+
+def build_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("corpus_dir", type=Path, help="folder with train.txt, valid.txt|dev.txt, test.txt (IMGID format)")
+    p.add_argument("--image-dir", type=Path, default=None, help="folder with <IMGID>.jpg (some or none may exist)")
+    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--word-vectors", type=Path, help="GloVe/word2vec text (.txt, .txt.gz) or gensim .kv/.bin")
+    p.add_argument("--riva", type=Path, help="RIVA model directory (image+text)")
+    p.add_argument("--riva-text", type=Path, help="RIVA(text) model directory (pretrained with --no-image)")
+    p.add_argument("--riva-nogate", type=Path, help="-RGN model directory (pretrained with --no-gate)")
+    p.add_argument("--bert", type=Path, help="local BERT-family model directory (TransformerWordEmbeddings)")
+    p.add_argument("--flair-forward", type=Path, help="local Flair forward LM file")
+    p.add_argument("--flair-backward", type=Path, help="local Flair backward LM file")
+    p.add_argument("--feature-cache", type=Path, help="feature-cache folder for image features")
+    p.add_argument("--configs", nargs="+", default=None, choices=ALL_CONFIGS, metavar="CONFIG",
+                   help=f"subset of {ALL_CONFIGS}")
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--lr", type=float, default=0.02, help="SGD learning rate (Table 2)")
+    p.add_argument("--batch-size", type=int, default=8)
+    return p
+
+
+def main_for(corpus_cls, description: str, argv: list[str] | None = None) -> int:
+    """Shared entry point of twitter2015.py / twitter2017.py."""
+    parser = build_parser(description)
+    ns = parser.parse_args(argv)
+    corpus = corpus_cls(ns.corpus_dir, image_dir=ns.image_dir)
+    dev_file = next(p for p in (ns.corpus_dir / "valid.txt", ns.corpus_dir / "dev.txt") if p.exists())
+    gold = {"dev": read_gold_tags(dev_file), "test": read_gold_tags(ns.corpus_dir / "test.txt")}
+    args = ExperimentArgs(
+        corpus=corpus, name=corpus_cls.__name__, output=ns.output, gold_tags=gold, word_vectors=ns.word_vectors,
+        riva=ns.riva, riva_text=ns.riva_text, riva_nogate=ns.riva_nogate, bert=ns.bert,
+        flair_forward=ns.flair_forward, flair_backward=ns.flair_backward, feature_cache=ns.feature_cache,
+        configs=ns.configs or list(ALL_CONFIGS), seeds=ns.seeds, epochs=ns.epochs, learning_rate=ns.lr,
+        batch_size=ns.batch_size,
+    )
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    _, text = run_experiments(args)
+    print(text)
+    return 0

@@ -1,0 +1,24 @@
+"""Twitter-2015 ("Fudan Univ.", Zhang et al. 2018): the paper's MNER experiments (Tables 4-6).
+
+Example (real text of ../shared/data, GloVe 50d subset, RIVA(text) pretrained on the training tweets):
+
+    python recipes/twitter2015.py ../shared/data/twitter2015 --image-dir IMAGES --output runs/tw15 \
+        --word-vectors ../shared/data/glove_6B_50d_mner_vocab_subset/glove.6B.50d.mner_subset.txt.gz \
+        --riva-text runs/riva-text-tw15/best --configs text +RIVA(text) --seeds 3
+
+See ``recipes/mner.py`` for every option and configuration.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from mner import main_for  # noqa: E402
+
+from flair_riva.datasets import TWITTER2015  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main_for(TWITTER2015, __doc__))
