@@ -72,6 +72,9 @@ class RGN(nn.Module):
         self.lstm = nn.LSTM(input_dim, hidden_size, num_layers=num_layers, batch_first=True,
                             bidirectional=True, dropout=dropout if num_layers > 1 else 0.0)
         text_dim = 2 * hidden_size
+        # ResNet features are unbounded ReLU outputs whose scale depends on the backbone's weights (a
+        # random-init ResNet gives values in the hundreds); a LayerNorm puts f_v on the scale of f_t.
+        self.visual_norm = nn.LayerNorm(visual_dim)
         # f_t ⊙ f_v needs d_t == d_v; with Table 2 (2 x 256 = 512 = d_v) this is the identity.
         self.visual_proj = nn.Identity() if text_dim == visual_dim else nn.Linear(visual_dim, text_dim)
         self.fc = nn.Linear(text_dim, text_dim)
@@ -85,7 +88,7 @@ class RGN(nn.Module):
 
     def classify(self, f_t: torch.Tensor, f_v: torch.Tensor) -> torch.Tensor:
         """Relation logits (B, 2) from f_t ⊙ f_v through FC + GELU and the softmax layer's FC."""
-        fused = self.dropout(f_t * self.visual_proj(f_v))
+        fused = self.dropout(f_t * self.visual_proj(self.visual_norm(f_v)))
         return self.classifier(self.dropout(F.gelu(self.fc(fused))))
 
 
@@ -101,6 +104,7 @@ class VCN(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = visual_dim // num_heads
+        self.region_norm = nn.LayerNorm(visual_dim)  # same reason as RGN.visual_norm
         self.query = nn.Linear(text_dim, visual_dim, bias=False)        # W^Q_1..h stacked
         self.key_value = nn.Linear(visual_dim, visual_dim, bias=False)  # W^V_1..h stacked
 
@@ -108,7 +112,7 @@ class VCN(nn.Module):
         """(B, d_t), (B, R, d_v) -> v_c (B, d_v) and the head-averaged attention of Eq. (8), (B, R)."""
         b, r, _ = regions.shape
         q = self.query(f_t).view(b, self.num_heads, 1, self.head_dim)
-        kv = self.key_value(regions).view(b, r, self.num_heads, self.head_dim).transpose(1, 2)
+        kv = self.key_value(self.region_norm(regions)).view(b, r, self.num_heads, self.head_dim).transpose(1, 2)
         scores = q @ kv.transpose(-1, -2) / math.sqrt(self.head_dim)      # Eq. (3): QK^T / sqrt(d_k)
         weights = scores.softmax(dim=-1)                                   # (B, h, 1, R)
         v_c = (weights @ kv).reshape(b, self.num_heads * self.head_dim)    # Eq. (4)-(5)
@@ -288,7 +292,8 @@ class RivaModel(nn.Module):
         return visual.to(self.device)
 
     # -- forward --------------------------------------------------------------------------------------
-    def _tokens(self, text: TextBatch) -> torch.Tensor:
+    def token_inputs(self, text: TextBatch) -> torch.Tensor:
+        """(B, T, D) token inputs [word vector; char biLSTM] shared by the RGN and the VLCN (with dropout)."""
         return self.input_dropout(self.token_encoder(text))
 
     def relation_logits(self, text: TextBatch, visual: VisualFeatures) -> torch.Tensor:
@@ -296,12 +301,12 @@ class RivaModel(nn.Module):
         if not self.config.use_image:
             raise RuntimeError("RIVA(text) (use_image=False) has no RGN")
         visual = self._check_visual(text, visual)
-        f_t = self.rgn.text_vector(self._tokens(text), text.lengths)
+        f_t = self.rgn.text_vector(self.token_inputs(text), text.lengths)
         return self.rgn.classify(f_t, visual.pooled)
 
     def forward(self, text: TextBatch, visual: VisualFeatures | None = None) -> RivaOutput:
         """The full model of Figure 2 on a batch: RGN -> s_G, VCN -> v_c, VLCN on v_c^G = s_G · v_c."""
-        tokens = self._tokens(text)
+        tokens = self.token_inputs(text)
         b = tokens.shape[0]
         if not self.config.use_image:
             token_states, fwd, bwd = self.vlcn(tokens, text.lengths, None)

@@ -1,0 +1,500 @@
+"""The pretrainer: Algorithm 1's RGN-only step, pseudo-labels, the run folder, best-on-dev, bad input,
+exact kill/resume and 2-process DDP equivalence, on a tiny demo world with tiny configs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from flair_riva.config import RivaConfig
+from flair_riva.datasets import read_pseudo_labelled
+from flair_riva.demo import generate_demo_world
+from flair_riva.model import RivaModel
+from flair_riva.pretrain import PretrainArgs, PretrainError, main, relation_scores, resolve_args, run_pretraining
+from flair_riva.pretrain import trainer as trainer_module
+from flair_riva.pretrain.data import (
+    PreparedBatch,
+    VisualSource,
+    epoch_batches,
+    heldout_split,
+    rank_slice,
+    stratified_split,
+)
+from flair_riva.pretrain.distributed import DistContext
+from flair_riva.pretrain.metrics import select_best
+from flair_riva.pretrain.state import (
+    METRIC_COLUMNS,
+    TIMING_COLUMNS,
+    capture_rng,
+    load_state,
+    read_metrics,
+    restore_rng,
+    save_state,
+)
+from flair_riva.pretrain.trainer import StepRunner
+from flair_riva.text import Vocabulary, encode_batch
+from tests.conftest import TINY, random_visual
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: The contract's tiny model, one LSTM layer, a random-init frozen ResNet-18 with a feature cache.
+TINY_CLI = ["--word-dim", "16", "--char-dim", "8", "--char-hidden-size", "8", "--rgn-hidden-size", "32",
+            "--vlcn-hidden-size", "32", "--rgn-layers", "1", "--vlcn-layers", "1", "--num-heads", "8",
+            "--backbone", "resnet18", "--backbone-weights", "none", "--freeze-backbone", "--min-word-count", "1",
+            "--teacher-epochs", "1", "--epochs", "2", "--no-progress", "--demo-scale", "tiny", "--threshold", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return generate_demo_world(tmp_path_factory.mktemp("world"), scale="tiny")
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("feature-cache")
+
+
+def tiny_args(world, output, cache_dir, **changes) -> PretrainArgs:
+    values = dict(output=str(output), demo_dir=str(world.root), demo_scale="tiny", word_dim=16, char_dim=8,
+                  char_hidden_size=8, rgn_hidden_size=32, vlcn_hidden_size=32, rgn_layers=1, vlcn_layers=1,
+                  num_heads=8, backbone="resnet18", backbone_weights="none", freeze_backbone=True, min_word_count=1,
+                  teacher_epochs=1, epochs=2, progress=False, feature_cache=str(cache_dir), threshold=0.5)
+    values.update(changes)
+    return PretrainArgs(**values)
+
+
+@pytest.fixture(scope="module")
+def demo_run(world, cache_dir, tmp_path_factory):
+    """One tiny end-to-end run through the CLI, shared by the run-folder tests."""
+    out = tmp_path_factory.mktemp("run") / "riva"
+    handlers_before = list(logging.getLogger("flair").handlers)
+    code = main(["--output", str(out), "--demo-dir", str(world.root), "--feature-cache", str(cache_dir), *TINY_CLI])
+    assert code == 0
+    assert logging.getLogger("flair").handlers == handlers_before, "the training.log handler must be removed"
+    return out
+
+
+# -- small units -----------------------------------------------------------------------------------------------
+
+
+def test_stratified_split_is_seeded_disjoint_and_8_to_2():
+    labels = [0] * 60 + [1] * 40
+    train, dev, test = stratified_split(labels, seed=3)
+    assert stratified_split(labels, seed=3) == (train, dev, test)
+    assert stratified_split(labels, seed=4) != (train, dev, test)
+    assert sorted(train + dev + test) == list(range(100))
+    assert len(test) == 20 and sum(labels[i] for i in test) == 8          # 20% of each class
+    assert len(dev) == 8 and sum(labels[i] for i in dev) == 3             # 10% of each class's remainder
+    # tiny classes still get one pair in each part
+    train, dev, test = stratified_split([0, 0, 0, 1, 1, 1, 1], seed=0)
+    for part in (train, dev, test):
+        assert {0, 1} <= {[0, 0, 0, 1, 1, 1, 1][i] for i in part}
+
+
+def test_epoch_batches_and_rank_slices():
+    a = epoch_batches(37, 8, seed=1, epoch=2, stream="pseudo")
+    assert a == epoch_batches(37, 8, seed=1, epoch=2, stream="pseudo")
+    assert a != epoch_batches(37, 8, seed=1, epoch=3, stream="pseudo")
+    assert a != epoch_batches(37, 8, seed=1, epoch=2, stream="labelled")
+    assert [len(b) for b in a] == [8, 8, 8, 8, 5]
+    assert sorted(i for b in a for i in b) == list(range(37))
+    for world_size in (1, 2, 3):
+        for batch in a:
+            shares = [rank_slice(batch, r, world_size) for r in range(world_size)]
+            assert [i for s in shares for i in s] == batch
+    assert rank_slice([7], 1, 2) == []
+    train, held = heldout_split(100, 0.05, seed=1)
+    assert len(held) == 5 and not set(train) & set(held) and heldout_split(100, 0.05, seed=1) == (train, held)
+
+
+def test_relation_scores_and_best_selection():
+    s = relation_scores([1, 1, 0, 0, 1], [1, 0, 0, 1, 1])
+    assert s.accuracy == pytest.approx(0.6)
+    assert s.f1 == pytest.approx(2 / 3)                     # p = r = 2/3 for "image adds"
+    assert s.macro_f1 == pytest.approx((2 / 3 + 0.5) / 2)
+    rows = [{"FINETUNED_DEV_F1": 0.7, "HELDOUT_PPL": 9.0, "FINETUNED_TEST_F1": 0.1},
+            {"FINETUNED_DEV_F1": 0.8, "HELDOUT_PPL": 5.0, "FINETUNED_TEST_F1": 0.2},
+            {"FINETUNED_DEV_F1": 0.8, "HELDOUT_PPL": 4.0, "FINETUNED_TEST_F1": 0.3},
+            {"FINETUNED_DEV_F1": 0.6, "HELDOUT_PPL": 1.0, "FINETUNED_TEST_F1": 0.99}]
+    assert select_best(rows) == 2                            # highest dev F1, tie -> lower perplexity
+    assert select_best([{"FINETUNED_DEV_F1": None, "HELDOUT_PPL": p} for p in (5.0, 3.0, 4.0)]) == 1
+
+
+def test_rng_state_round_trips_through_weights_only_load(tmp_path):
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(5)
+    random.seed(5)
+    np.random.seed(5)
+    save_state(tmp_path / "s.pt", {"format": 1, "rng": [capture_rng()]})
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    restore_rng(load_state(tmp_path / "s.pt")["rng"][0])     # weights_only=True inside
+    assert torch.equal(torch.rand(3), expected[0])
+    assert random.random() == expected[1] and np.random.rand() == expected[2]
+
+
+def test_demo_defaults_are_resolved_and_named():
+    args, demo, notes = resolve_args(PretrainArgs())
+    assert demo and args.backbone_weights == "none" and args.freeze_backbone is True
+    assert any(n.startswith("epochs=") for n in notes)
+    args, demo, notes = resolve_args(PretrainArgs(relation_data="r.tsv", unlabelled="u.jsonl"))
+    assert not demo and not notes
+    assert (args.epochs, args.backbone_weights, args.freeze_backbone, args.rgn_hidden_size) == (
+        35, "IMAGENET1K_V1", False, 256)
+    assert resolve_args(PretrainArgs(rgn_hidden_size=48))[0].rgn_hidden_size == 48
+
+
+# -- Algorithm 1's two kinds of step ---------------------------------------------------------------------------
+
+
+def _batch(vocab, n=6, seed=0):
+    tokens = [vocab.words[4:4 + 3 + i] for i in range(n)]
+    has = [True] * (n - 1) + [False]
+    return PreparedBatch(encode_batch(vocab, tokens), torch.tensor([i % 2 for i in range(n)]),
+                         random_visual(n, has, seed=seed), torch.tensor(has), n)
+
+
+def test_rgn_step_changes_theta_rgn_only(tiny_vocab):
+    """Algorithm 1 line 10: the labelled pass updates θ_RGN and nothing else (dropout on)."""
+    torch.manual_seed(0)
+    model = RivaModel(RivaConfig(**TINY, dropout=0.5), tiny_vocab).train()
+    groups = model.parameter_groups()
+    optimizers = {
+        "joint": torch.optim.SGD([p for ps in groups.values() for p in ps], lr=0.5),
+        "rgn": torch.optim.SGD(model.rgn_parameters(), lr=0.5),
+    }
+    runner = StepRunner(model, VisualSource(None), DistContext(), optimizers, clip=5.0)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    for seed in range(3):
+        runner.step("rgn", _batch(tiny_vocab, seed=seed))
+    rgn_names = {n for n, _ in model.named_parameters() if n.startswith("rgn.")}
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= rgn_names, f"non-RGN parameters changed: {sorted(changed - rgn_names)}"
+    assert {n for n in rgn_names if "lstm" in n} & changed and {n for n in rgn_names if "classifier" in n} & changed
+    # the joint step (lines 3-5) moves the token encoder, the VCN and the VLCN too
+    runner.step("joint", _batch(tiny_vocab, seed=9))
+    changed = {n.split(".")[0] for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert {"token_encoder", "rgn", "vcn", "vlcn"} <= changed
+
+
+def test_fine_tuned_backbone_moves_in_the_joint_step_only(tiny_vocab):
+    torch.manual_seed(0)
+    model = RivaModel(RivaConfig(**TINY), tiny_vocab).train()
+    groups = model.parameter_groups()
+    main_params = [p for k, ps in groups.items() if k != "backbone" for p in ps]
+    optimizers = {"joint": torch.optim.SGD([{"params": main_params, "lr": 0.1},
+                                            {"params": groups["backbone"], "lr": 0.1}]),
+                  "rgn": torch.optim.SGD(model.rgn_parameters(), lr=0.1)}
+    runner = StepRunner(model, VisualSource(None), DistContext(), optimizers, clip=5.0)
+    vocab_tokens = [tiny_vocab.words[4:8], tiny_vocab.words[5:7]]
+    pixels = torch.randn(2, 3, 224, 224)
+    batch = PreparedBatch(encode_batch(tiny_vocab, vocab_tokens), torch.tensor([0, 1]),
+                          (pixels, torch.tensor([True, True]), [None, None]), torch.tensor([True, True]), 2)
+    conv = model.backbone.conv1.weight
+    before = conv.detach().clone()
+    runner.step("rgn", batch)
+    assert torch.equal(conv, before), "the RGN-only step must not fine-tune the backbone"
+    runner.step("joint", batch)
+    assert not torch.equal(conv, before), "the joint step fine-tunes the backbone (Algorithm 1 line 5)"
+
+
+def test_rgn_step_computes_the_models_relation_logits(tiny_vocab):
+    torch.manual_seed(0)
+    model = RivaModel(RivaConfig(**TINY), tiny_vocab).eval()
+    batch = _batch(tiny_vocab)
+    from flair_riva.pretrain.trainer import LossModule, _relation_sum
+
+    rel, lm = LossModule(model, VisualSource(None))("rgn", batch)
+    logits = model.relation_logits(batch.text, batch.visual)
+    assert float(lm) == 0.0
+    torch.testing.assert_close(rel, _relation_sum(logits, batch.labels, batch.has_image))
+
+
+# -- the run folder --------------------------------------------------------------------------------------------
+
+
+def test_run_folder_layout(demo_run):
+    out = demo_run
+    for name in ("training.log", "metrics.tsv", "run_args.json", "run_state.json", "vocab.json", "pseudo_labelled.tsv"):
+        assert (out / name).is_file(), name
+    for name in ("teacher", "epoch-1", "epoch-2", "best", "final"):
+        RivaModel.load(out / name)                            # every one is a RivaModel directory
+    assert (out / "epoch-2" / "trainer_state.pt").is_file()
+    assert not (out / "checkpoint").exists(), "the mid-epoch checkpoint is removed at the end of its epoch"
+    assert not list(out.glob(".*.tmp"))
+    log_text = (out / "training.log").read_text(encoding="utf-8")
+    assert "-" * 100 in log_text and "stage 1: teacher" in log_text and "stage 3: Algorithm 1" in log_text
+    assert "demo-world defaults" in log_text and "kept" in log_text
+    teacher = RivaModel.load(out / "teacher")
+    final = RivaModel.load(out / "final")
+    assert teacher.vocab.words == final.vocab.words, "the student shares the teacher's vocabulary"
+
+
+def test_pseudo_labelled_tsv_and_per_class_counts(demo_run):
+    out = demo_run
+    lines = (out / "pseudo_labelled.tsv").read_text(encoding="utf-8").splitlines()
+    assert lines[0].split("\t") == ["text", "image", "label", "score"]
+    pairs = read_pseudo_labelled(out / "pseudo_labelled.tsv")
+    state = json.loads((out / "run_state.json").read_text())["pseudo"]
+    assert len(pairs) == state["kept"] > 0
+    assert all(p.score > state["threshold"] for p in pairs), "only scores above the threshold are kept"
+    assert all(p.label in (0, 1) and p.image is not None and p.image.is_file() for p in pairs)
+    per_class = state["kept_per_class"]
+    assert per_class["image adds"] == sum(p.label == 1 for p in pairs)
+    assert per_class["image does not add"] == sum(p.label == 0 for p in pairs)
+    assert state["kept"] + state["below_threshold"] + state["without_image"] == state["seen"] == 300
+    assert f"kept {state['kept']} of 300 pairs" in (out / "training.log").read_text(encoding="utf-8")
+
+
+def test_pseudo_labelling_filters_by_top_class_score_in_one_stream(world, cache_dir, tmp_path, monkeypatch):
+    """Stage 2 with scripted teacher probabilities: top class score > 0.6 kept, with that score."""
+    import flair_riva.datasets as datasets
+
+    p_adds = {"aa": 0.1, "bb": 0.35, "cc": 0.45, "dd": 0.55, "ee": 0.62, "ff": 0.7, "gg": 0.9, "hh": 0.5, "ii": 0.99}
+    images = sorted(world.image_dir.glob("*.png"))
+    lines = [json.dumps({"text": f"{w} pic", "image": str(images[i])}) for i, w in enumerate(p_adds)]
+    lines[-1] = json.dumps({"text": "ii pic", "image": "missing.png"})
+    unlabelled = tmp_path / "u.jsonl"
+    unlabelled.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    pretrainer = trainer_module.Pretrainer(tiny_args(world, tmp_path / "out", cache_dir, threshold=0.6),
+                                           DistContext())
+    pretrainer.unlabelled_path, pretrainer.image_dir = unlabelled, None
+    pretrainer.out.mkdir(parents=True)
+    teacher = RivaModel(RivaConfig(**TINY), Vocabulary.build([["aa"]], 10, 1))
+
+    def scripted_logits(text, visual):
+        p = torch.tensor([p_adds[tokens[0]] for tokens in text.tokens])
+        return torch.stack([torch.log(1 - p), torch.log(p)], dim=-1)
+
+    teacher.relation_logits = scripted_logits
+    streams = []
+    real_iter = datasets.iter_unlabelled_pairs
+    monkeypatch.setattr(datasets, "iter_unlabelled_pairs", lambda *a, **k: streams.append(1) or real_iter(*a, **k))
+    info = pretrainer.pseudo_label(teacher, expected=9)
+    assert len(streams) == 1, "the unlabelled pairs are read in one streaming pass"
+    assert info["kept"] == 5 and info["below_threshold"] == 3 and info["without_image"] == 1 and info["seen"] == 9
+    assert info["kept_per_class"] == {"image does not add": 2, "image adds": 3}
+    kept = read_pseudo_labelled(pretrainer.out / "pseudo_labelled.tsv")
+    assert [(p.tokens[0], p.label) for p in kept] == [("aa", 0), ("bb", 0), ("ee", 1), ("ff", 1), ("gg", 1)]
+    assert [round(p.score, 4) for p in kept] == [0.9, 0.65, 0.62, 0.7, 0.9]
+
+
+def test_metrics_tsv_columns(demo_run):
+    rows = read_metrics(demo_run / "metrics.tsv")
+    assert list(rows[0]) == list(METRIC_COLUMNS)
+    assert [r["EPOCH"] for r in rows] == ["1", "2"]
+    for row in rows:
+        for col in ("TEACHER_DEV_F1", "TEACHER_TEST_F1", "PSEUDO_DEV_F1", "PSEUDO_TEST_F1", "FINETUNED_DEV_F1",
+                    "FINETUNED_TEST_F1"):
+            assert 0.0 <= float(row[col]) <= 1.0
+        assert float(row["HELDOUT_PPL"]) > 1.0 and float(row["PAIRS_PER_SECOND"]) > 0
+    assert rows[0]["TEACHER_TEST_F1"] == rows[1]["TEACHER_TEST_F1"]
+
+
+def test_best_is_chosen_on_dev_only(world, cache_dir, tmp_path, monkeypatch):
+    """Scripted scores: test F1 and perplexity favour epoch 3, dev favours epochs 1-2 (tie -> lower ppl: 2)."""
+    script = iter([(0.8, 0.1, 50.0), (0.8, 0.2, 40.0), (0.3, 0.99, 10.0)])
+
+    def fake_evaluate(self, model, data, source, perplexity):
+        def s(f1):
+            return relation_scores([0, 1], [0, 1]).to_dict() | {"f1": f1}
+        if not perplexity:
+            return {"dev": s(0.5), "test": s(0.5)}
+        dev, test, ppl = next(script)
+        return {"dev": s(dev), "test": s(test), "ppl": ppl}
+
+    monkeypatch.setattr(trainer_module.Pretrainer, "_evaluate", fake_evaluate)
+    result = run_pretraining(tiny_args(world, tmp_path / "run", cache_dir, epochs=3))
+    assert result.best_epoch == 2
+    selection = json.loads((tmp_path / "run" / "best" / "selection.json").read_text())
+    assert selection["epoch"] == 2
+    best = load_file(str(tmp_path / "run" / "best" / "model.safetensors"))
+    epoch2 = load_file(str(tmp_path / "run" / "epoch-2" / "model.safetensors"))
+    assert all(torch.equal(best[k], epoch2[k]) for k in best)
+
+
+def test_text_only_ablation_runs(world, cache_dir, tmp_path):
+    result = run_pretraining(tiny_args(world, tmp_path / "run", cache_dir, use_image=False, epochs=1))
+    row = read_metrics(tmp_path / "run" / "metrics.tsv")[0]
+    assert row["FINETUNED_DEV_F1"] == "-" and float(row["HELDOUT_PPL"]) > 1
+    assert not (tmp_path / "run" / "teacher").exists() and result.best_epoch == 1
+
+
+# -- bad input: a clear PretrainError before any training -------------------------------------------------------
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    def fail(*_args, **_kwargs):
+        raise AssertionError("training started despite bad input")
+
+    monkeypatch.setattr(trainer_module.Pretrainer, "train_teacher", fail)
+    monkeypatch.setattr(trainer_module.Pretrainer, "algorithm_one", fail)
+
+
+def _relation_file(path: Path, rows: list[tuple[str, str, int]]) -> Path:
+    path.write_text("text\timage\timage_adds\n" + "".join(f"{t}\t{i}\t{y}\n" for t, i, y in rows), encoding="utf-8")
+    return path
+
+
+def _data_args(world, tmp_path, cache_dir, relation, unlabelled=None, **changes):
+    args = tiny_args(world, tmp_path / "out", cache_dir, **changes)
+    args.relation_data, args.unlabelled = str(relation), str(unlabelled or world.unlabelled_file)
+    args.image_dir = str(world.root)
+    return args
+
+
+@pytest.mark.parametrize("case", ["empty", "missing", "directory", "single_class", "images_missing",
+                                  "unlabelled_empty", "unlabelled_images_missing", "threshold_one"])
+def test_bad_input_fails_before_training(case, world, cache_dir, tmp_path, no_training):
+    good = [(f"look at {w} today", f"images/person_00{i % 4}.png", i % 2) for i, w in enumerate("abcdefghij")]
+    relation, unlabelled, expect, changes = tmp_path / "rel.tsv", None, None, {}
+    if case == "empty":
+        relation.write_text("", encoding="utf-8")
+        expect = "rel.tsv"
+    elif case == "missing":
+        relation = tmp_path / "nope.tsv"
+        expect = "nope.tsv"
+    elif case == "directory":
+        relation = tmp_path
+        expect = str(tmp_path)
+    elif case == "single_class":
+        _relation_file(relation, [(t, i, 1) for t, i, _ in good])
+        expect = "single class"
+    elif case == "images_missing":
+        _relation_file(relation, [(t, "images/gone.png", y) for t, _, y in good])
+        expect = "every image"
+    else:
+        _relation_file(relation, good)
+        if case == "unlabelled_empty":
+            unlabelled = tmp_path / "u.jsonl"
+            unlabelled.write_text("", encoding="utf-8")
+            expect = "u.jsonl"
+        elif case == "unlabelled_images_missing":
+            unlabelled = tmp_path / "u.jsonl"
+            unlabelled.write_text('{"text": "hello there", "image": "gone.png"}\n' * 5, encoding="utf-8")
+            expect = "every image"
+        else:
+            changes, expect = {"threshold": 1.0}, "keeps nothing"
+    with pytest.raises(PretrainError, match=expect.replace("(", r"\(")):
+        run_pretraining(_data_args(world, tmp_path, cache_dir, relation, unlabelled, **changes))
+
+
+def test_threshold_that_keeps_nothing_stops_before_algorithm_one(world, cache_dir, tmp_path, monkeypatch):
+    def fail(*_args, **_kwargs):
+        raise AssertionError("Algorithm 1 started although no pseudo label was kept")
+
+    monkeypatch.setattr(trainer_module.Pretrainer, "algorithm_one", fail)
+    with pytest.raises(PretrainError, match="keeps none of the 300 unlabelled pairs.*lower --threshold"):
+        run_pretraining(tiny_args(world, tmp_path / "out", cache_dir, threshold=0.9999999))
+    assert not (tmp_path / "out" / "pseudo_labelled.tsv").exists()
+
+
+def test_output_holding_another_run_is_refused(demo_run, world, cache_dir, no_training, capsys):
+    before = (demo_run / "metrics.tsv").read_bytes()
+    base = ["--output", str(demo_run), "--demo-dir", str(world.root), "--feature-cache", str(cache_dir), *TINY_CLI]
+    assert main([*base, "--epochs", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "holds another run with different arguments (epochs: 2 -> 3)" in err
+    with pytest.raises(PretrainError, match=r"different arguments \(epochs: 2 -> 3\)"):
+        run_pretraining(tiny_args(world, demo_run, cache_dir, epochs=3))
+    with pytest.raises(PretrainError, match="pass --resume"):
+        run_pretraining(tiny_args(world, demo_run, cache_dir))
+    assert (demo_run / "metrics.tsv").read_bytes() == before
+
+
+def test_overwrite_starts_again(world, cache_dir, tmp_path):
+    out = tmp_path / "run"
+    run_pretraining(tiny_args(world, out, cache_dir, epochs=1))
+    (out / "marker.txt").write_text("user file")
+    result = run_pretraining(tiny_args(world, out, cache_dir, epochs=2, overwrite=True))
+    assert len(result.history) == 2 and (out / "marker.txt").exists(), "--overwrite deletes run files only"
+    assert json.loads((out / "run_args.json").read_text())["args"]["epochs"] == 2
+
+
+# -- exact resume after a real kill ----------------------------------------------------------------------------
+
+
+def _cli(args: list[str], env_extra: dict[str, str] | None = None, torchrun: int = 0) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **(env_extra or {}))
+    if torchrun:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}",
+               "-m", "flair_riva.pretrain", *args]
+    else:
+        cmd = [sys.executable, "-m", "flair_riva.pretrain", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=str(REPO))
+
+
+def _assert_same_run(a: Path, b: Path, atol: float) -> None:
+    rows_a, rows_b = read_metrics(a / "metrics.tsv"), read_metrics(b / "metrics.tsv")
+    assert len(rows_a) == len(rows_b)
+    for ra, rb in zip(rows_a, rows_b):
+        for col in METRIC_COLUMNS:
+            if col in TIMING_COLUMNS:
+                continue
+            if ra[col] == "-" or rb[col] == "-":
+                assert ra[col] == rb[col], col
+            else:
+                assert float(ra[col]) == pytest.approx(float(rb[col]), abs=max(atol, 2e-4)), (col, ra, rb)
+    wa = load_file(str(a / "final" / "model.safetensors"))
+    wb = load_file(str(b / "final" / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], atol=atol, rtol=1e-4, msg=key)
+
+
+@pytest.mark.slow
+def test_kill_and_resume_ends_where_an_uninterrupted_run_ends(world, cache_dir, tmp_path):
+    common = ["--demo-dir", str(world.root), "--feature-cache", str(cache_dir), "--checkpoint-every", "3",
+              "--dropout", "0.5", *TINY_CLI]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    done = _cli(["--output", str(full), *common])
+    assert done.returncode == 0, done.stderr[-3000:]
+    kept = json.loads((full / "run_state.json").read_text())["pseudo"]["kept"]
+    pseudo_batches = -(-len(heldout_split(kept, 0.05, seed=1)[0]) // 16)
+    steps_epoch1 = int(load_state(full / "epoch-1" / "trainer_state.pt")["position"]["global_step"])
+    kill_at = steps_epoch1 + pseudo_batches + 1            # epoch 2, first batch of the labelled pass
+    crashed = _cli(["--output", str(killed), *common], {trainer_module.KILL_ENV: str(kill_at)})
+    assert crashed.returncode == -9, crashed.stderr[-3000:]
+    assert (killed / "checkpoint" / "trainer_state.pt").is_file() and not (killed / "final").exists()
+    resumed = _cli(["--output", str(killed), "--resume", *common])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log_text = (killed / "training.log").read_text(encoding="utf-8")
+    assert "stage 1 done before" in log_text and "stage 2 done before" in log_text
+    assert f"resuming from {killed / 'checkpoint'}: epoch 2" in log_text
+    assert log_text.count("stage 0: vocabulary") == 1, "the resumed run appends to the log of the killed one"
+    _assert_same_run(full, killed, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ddp_matches_one_process(world, cache_dir, tmp_path):
+    common = ["--demo-dir", str(world.root), "--feature-cache", str(cache_dir), "--dropout", "0",
+              "--checkpoint-every", "0", *TINY_CLI]
+    single = _cli(["--output", str(tmp_path / "one"), *common])
+    assert single.returncode == 0, single.stderr[-3000:]
+    double = _cli(["--output", str(tmp_path / "two"), *common], torchrun=2)
+    assert double.returncode == 0, (double.stdout[-3000:], double.stderr[-3000:])
+    assert "distributed run: 2 processes, backend gloo" in (tmp_path / "two" / "training.log").read_text()
+    _assert_same_run(tmp_path / "one", tmp_path / "two", atol=1e-4)
+
+
+def test_cli_help_lists_every_table2_option(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--rgn-hidden-size", "--rgn-layers", "--vlcn-hidden-size", "--vlcn-layers", "--num-heads",
+                   "--batch-size", "--dropout", "--optimizer", "--lr", "--backbone-lr", "--char-dim", "--clip",
+                   "--word-dim", "--epochs", "--teacher-epochs", "--threshold", "--freeze-backbone", "--resume",
+                   "--checkpoint-every", "--keep-checkpoints", "--no-image", "--no-gate", "--backbone-weights"):
+        assert option in text, option
