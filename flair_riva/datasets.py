@@ -54,7 +54,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -63,6 +62,7 @@ from pathlib import Path
 from flair.data import Corpus, Sentence
 from flair.datasets import ColumnDataset
 
+from flair_riva.io import atomic_open
 from flair_riva.text import tokenize_tweet
 
 log = logging.getLogger("flair")
@@ -439,7 +439,7 @@ class TWITTER2017(TwitterMNERCorpus):
 @dataclass
 class RelationPair:
     """A tweet text with its image. ``label`` is the task-1 label "image adds" (1) vs not (0), R1∪R2 vs
-    R3∪R4 of Vempala & Preoţiuc-Pietro (2019); ``score`` the teacher's p(image adds) of a pseudo label.
+    R3∪R4 of Vempala & Preoţiuc-Pietro (2019); ``score`` the teacher's score of that label (its top-class probability) for a pseudo label.
     ``image`` is None when the record names no image; it may name a file that does not exist."""
 
     text: str
@@ -706,27 +706,18 @@ def write_pseudo_labelled(path: str | Path, pairs: Iterable[RelationPair]) -> in
         ValueError: a pair without a 0/1 label or with an empty text (``path`` is left untouched).
     """
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write("\t".join(PSEUDO_HEADER) + "\n")
-            for i, pair in enumerate(pairs):
-                if pair.label not in (0, 1):
-                    raise ValueError(f"pair {i} has label {pair.label!r}; a pseudo label must be 0 or 1")
-                if not pair.text.strip():
-                    raise ValueError(f"pair {i} has an empty text")
-                score = "" if pair.score is None else repr(float(pair.score))
-                image = "" if pair.image is None else _escape_tsv(str(pair.image))
-                handle.write(f"{_escape_tsv(pair.text)}\t{image}\t{int(pair.label)}\t{score}\n")
-                count += 1
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w") as handle:
+        handle.write("\t".join(PSEUDO_HEADER) + "\n")
+        for i, pair in enumerate(pairs):
+            if pair.label not in (0, 1):
+                raise ValueError(f"pair {i} has label {pair.label!r}; a pseudo label must be 0 or 1")
+            if not pair.text.strip():
+                raise ValueError(f"pair {i} has an empty text")
+            score = "" if pair.score is None else repr(float(pair.score))
+            image = "" if pair.image is None else _escape_tsv(str(pair.image))
+            handle.write(f"{_escape_tsv(pair.text)}\t{image}\t{int(pair.label)}\t{score}\n")
+            count += 1
     return count
 
 

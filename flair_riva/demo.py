@@ -42,10 +42,8 @@ import argparse
 import io
 import json
 import logging
-import os
 import random
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -53,6 +51,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from flair_riva.io import atomic_write_bytes
 
 log = logging.getLogger("flair")
 
@@ -408,18 +408,6 @@ def _ner_tweet(maker: _TweetMaker) -> _Tweet:
 # --------------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _tsv_field(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
@@ -556,7 +544,7 @@ def generate_demo_world(
     written: dict[str, int] = {}
 
     def put(rel: str, data: bytes) -> None:
-        _atomic_write(root / rel, data)
+        atomic_write_bytes(root / rel, data)
         written[rel] = len(data)
 
     # pool images: one numpy stream per kind, so the kinds do not shift each other
@@ -637,7 +625,7 @@ def generate_demo_world(
         "generator": "flair_riva.demo", "world_version": WORLD_VERSION, "seed": seed, "scale": scale,
         "counts": counts, "files": dict(sorted(written.items())),
     }
-    _atomic_write(root / "manifest.json", (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+    atomic_write_bytes(root / "manifest.json", (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode("utf-8"))
     log.info("wrote the demo world to %s in %.1f s (seed %d, scale %g: %d relation pairs, %d unlabelled pairs, "
              "NER %d/%d/%d tweets, %d images)", root, time.perf_counter() - start, seed, scale, counts["relation"],
              counts["unlabelled"], counts["ner_train"], counts["ner_dev"], counts["ner_test"], counts["pool_images"])

@@ -21,7 +21,6 @@ This module is the I/O edge of the visual side:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -29,7 +28,6 @@ import logging
 import os
 import re
 import stat
-import tempfile
 import threading
 import time
 import warnings
@@ -42,6 +40,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from torch import nn
+
+from flair_riva.io import atomic_write_bytes
 
 log = logging.getLogger("flair")
 
@@ -583,11 +583,11 @@ class FeatureCache:
         try:
             existing = json.loads(meta_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            self._atomic_write(meta_path, (json.dumps(meta, indent=1) + "\n").encode("utf-8"))
+            atomic_write_bytes(meta_path, (json.dumps(meta, indent=1) + "\n").encode("utf-8"))
             return
         except (OSError, ValueError) as err:
             log.warning("feature cache %s: rewriting unreadable meta.json (%s)", self.directory, err)
-            self._atomic_write(meta_path, (json.dumps(meta, indent=1) + "\n").encode("utf-8"))
+            atomic_write_bytes(meta_path, (json.dumps(meta, indent=1) + "\n").encode("utf-8"))
             return
         if existing.get("fingerprint") != self.fingerprint:
             raise ValueError(f"feature cache directory {self.directory} belongs to backbone fingerprint "
@@ -669,24 +669,9 @@ class FeatureCache:
             metadata={"fingerprint": self.fingerprint, "sha256": sha256, "format": str(CACHE_FORMAT)},
         )
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._atomic_write(path, data)
+        atomic_write_bytes(path, data)
         with self._lock:
             self.writes += 1
-
-    @staticmethod
-    def _atomic_write(path: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(path.parent)
 
     def remove_stale_temp_files(self, max_age_s: float = 3600.0) -> int:
         """Delete ``.*.tmp`` files older than ``max_age_s`` left by crashed writers; returns the count."""
@@ -700,21 +685,6 @@ class FeatureCache:
             except OSError:
                 pass
         return removed
-
-
-def _fsync_dir(directory: Path) -> None:
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from flair.data import Corpus, Dictionary, Sentence
 from flair.embeddings import (
     CharacterEmbeddings,
     FlairEmbeddings,
+    OneHotEmbeddings,
     StackedEmbeddings,
     TokenEmbeddings,
     TransformerWordEmbeddings,
@@ -107,7 +108,8 @@ def image_coverage(corpus: Corpus) -> dict[str, tuple[int, int]]:
     out = {}
     for split in ("train", "dev", "test"):
         sentences = getattr(corpus, split) or []
-        have = sum(1 for s in sentences if s.has_metadata("image_path") and Path(s.get_metadata("image_path")).is_file())
+        have = sum(1 for s in sentences
+                   if s.has_metadata("image_path") and Path(s.get_metadata("image_path")).is_file())
         out[split] = (have, len(sentences))
     return out
 
@@ -149,6 +151,8 @@ def build_embeddings(config: str, args: ExperimentArgs) -> tuple[list[TokenEmbed
     base: list[TokenEmbeddings] = []
     if args.word_vectors is not None:
         base.append(WordEmbeddings(str(_as_kv(args.word_vectors, cache)), name="word"))
+    else:  # no pretrained vectors (the demo world): word embeddings learned with the tagger
+        base.append(OneHotEmbeddings.from_corpus(args.corpus, min_freq=1, embedding_length=50))
     base.append(CharacterEmbeddings(str(_char_dictionary(args.corpus, cache / "chars.pkl")), 25, 25))
     fc = str(args.feature_cache) if args.feature_cache else None
 
@@ -317,7 +321,8 @@ def write_results(rows: list[dict], args: ExperimentArgs, skipped: dict[str, str
              f"Seeds: {args.seeds}; epochs: {args.epochs}; F1 in %, mean ± std over seeds; model selection on dev.",
              "Tweets with an image file: " + ", ".join(f"{k} {a}/{b}" for k, (a, b) in coverage.items()) + ".", ""]
     lines += table("Table 4", TABLE4, main_cols)
-    lines += table("Table 5", ["+RIVA(image+text)"] + TABLE5, main_cols)
+    if any(r["config"] in TABLE5 for r in rows):
+        lines += table("Table 5", ["+RIVA(image+text)"] + TABLE5, main_cols)
     lines += table("Table 6 (test split by the RGN: s_G >= 0.5 is \"image adds\")", TABLE6,
                    [("image adds", "test_adds_f1"), ("image doesn't add", "test_not_adds_f1"), ("overall", "test_f1")])
     if skipped:
