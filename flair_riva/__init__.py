@@ -9,6 +9,9 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from flair_riva.config import FORMAT_VERSION, RivaConfig  # noqa: E402
+from flair_riva.embeddings import RivaEmbeddings  # noqa: E402  (importing it registers it with Flair)
 from flair_riva.model import CheckpointError, RivaModel, RivaOutput  # noqa: E402
 
-__all__ = ["FORMAT_VERSION", "CheckpointError", "RivaConfig", "RivaModel", "RivaOutput", "__version__"]
+__all__ = [
+    "FORMAT_VERSION", "CheckpointError", "RivaConfig", "RivaEmbeddings", "RivaModel", "RivaOutput", "__version__",
+]

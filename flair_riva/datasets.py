@@ -439,7 +439,8 @@ class TWITTER2017(TwitterMNERCorpus):
 @dataclass
 class RelationPair:
     """A tweet text with its image. ``label`` is the task-1 label "image adds" (1) vs not (0), R1∪R2 vs
-    R3∪R4 of Vempala & Preoţiuc-Pietro (2019); ``score`` the teacher's score of that label (its top-class probability) for a pseudo label.
+    R3∪R4 of Vempala & Preoţiuc-Pietro (2019); ``score`` the teacher's score of that label (its top-class
+    probability) for a pseudo label.
     ``image`` is None when the record names no image; it may name a file that does not exist."""
 
     text: str
