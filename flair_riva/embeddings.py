@@ -1,0 +1,396 @@
+"""RivaEmbeddings: RIVA's visual-linguistic context vectors as a Flair ``TokenEmbeddings`` (paper §4.2).
+
+For the MNER task the paper feeds the biLSTM-CRF with ``[e_k; e_k^RIVA]``, where ``e_k^RIVA`` is the
+concatenation of the forward and backward hidden states of the VLCN's top LSTM layer for token k
+(§4.2). In Flair that is a stack::
+
+    from flair.embeddings import StackedEmbeddings, WordEmbeddings
+    from flair_riva import RivaEmbeddings
+
+    stack = StackedEmbeddings([WordEmbeddings("glove.kv"), RivaEmbeddings("path/to/riva-model")])
+
+How it works
+------------
+* **One pass per mini-batch.** The token texts of all sentences (``token.text``; Flair tokens map 1:1
+  to RIVA tokens) go through :meth:`RivaModel.embed` together with the sentences' images, read from the
+  metadata ``image_key`` (``"image_path"``, set by :class:`~flair_riva.datasets.TwitterMNERCorpus`).
+  Every token gets ``[h_fwd; h_bwd]`` (``model.config.embedding_length`` dims, 512 with Table 2).
+* **Images.** The ResNet backbone is frozen here (also with ``fine_tune=True``): region features come
+  from :class:`~flair_riva.vision.ImageFeaturizer`, through an on-disk
+  :class:`~flair_riva.vision.FeatureCache` when ``feature_cache`` is given, so each image passes
+  through ResNet once per backbone.
+* **Missing images.** A sentence without a usable image (no metadata, ``None``, a missing file, a
+  directory, an unreadable or corrupt file) is embedded with s_G = 0 (§3.1: "the image does not
+  add"); v_c^G = s_G * v_c is then zero whatever the VCN computes, so only the token encoder and the
+  VLCN run for it. The count and the reasons are logged once per batch, never per token.
+* **Inspection (§4.7, Table 7).** After embedding, each sentence carries the metadata
+  ``riva_relevance`` (s_G as a float), ``riva_attention`` (the 7 x 7 head-averaged attention of
+  Eq. 8 as nested lists, ``None`` without an image) and ``riva_image_reason`` (``None`` or why there
+  was no image). :meth:`RivaEmbeddings.attention_map` returns the map as a tensor, and
+  :func:`flair_riva.visualize.draw_table7` draws the Table 7 view.
+* **Frozen by default** (``fine_tune=False``): computed under ``torch.no_grad``, parameters with
+  ``requires_grad=False``, always in eval mode (no dropout) while the tagger trains, so Flair's
+  embedding storage (``embeddings_storage_mode="cpu"``) keeps the vectors and no sentence is embedded
+  twice across epochs. ``fine_tune=True`` trains the token encoder, RGN, VCN and VLCN with the tagger
+  (the ResNet backbone stays frozen; its features still come from the cache).
+
+Saving and loading
+------------------
+A tagger saved with this embedding loads with a plain ``SequenceTagger.load(path)`` in a fresh
+process that never imports ``flair_riva``: :meth:`to_params` holds the :class:`RivaConfig` *object*,
+whose unpickling imports ``flair_riva`` and thereby registers this class with Flair (notes §1.3).
+:meth:`from_params` rebuilds the same module tree with random weights and without any file I/O or
+download; the weights arrive through the tagger's strict ``load_state_dict``. Every constructor
+argument that changes the output (``fine_tune``, ``use_image``, ``image_key``, ``feature_cache``,
+``name``) is saved; a saved feature-cache directory that does not exist on the loading machine is
+not an error (features are computed, logged once).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import flair
+import torch
+from flair.data import Sentence
+from flair.embeddings import TokenEmbeddings
+from flair.embeddings.base import register_embeddings
+
+from flair_riva.config import RivaConfig
+from flair_riva.model import RivaModel, RivaOutput
+from flair_riva.text import Vocabulary
+from flair_riva.vision import ImageFeaturizer, VisualFeatures
+
+log = logging.getLogger("flair")
+
+#: Version of the ``to_params`` layout (stored in saved taggers).
+PARAMS_VERSION = 1
+
+RELEVANCE_KEY = "riva_relevance"
+ATTENTION_KEY = "riva_attention"
+REASON_KEY = "riva_image_reason"
+
+
+def model_fingerprint(config: RivaConfig, vocab: Vocabulary, length: int = 10) -> str:
+    """Short stable hash of a model's architecture and vocabulary (used in the default name)."""
+    h = hashlib.sha256()
+    h.update(config.to_json().encode("utf-8"))
+    h.update(b"\n")
+    h.update(vocab.to_json().encode("utf-8"))
+    return h.hexdigest()[:length]
+
+
+@register_embeddings("RivaEmbeddings")
+class RivaEmbeddings(TokenEmbeddings):
+    """RIVA token embeddings ``[h_fwd; h_bwd]`` of the VLCN's top layer (paper §4.2) for Flair.
+
+    Args:
+        model: a RIVA model directory (written by :meth:`RivaModel.save`, read with
+            :meth:`RivaModel.load`) or a :class:`RivaModel`.
+        fine_tune: train the RIVA text encoder, RGN, VCN and VLCN together with the tagger. The ResNet
+            backbone is never trained here (its features come through the feature cache). Default
+            ``False``: frozen, static vectors, eval mode.
+        use_image: ``False`` embeds every sentence text-only (s_G = 0). Implied for a RIVA(text)
+            model (``config.use_image=False``).
+        image_key: the sentence metadata key that holds the image path.
+        feature_cache: a directory for the on-disk region-feature cache (keyed by the backbone's
+            fingerprint and the image's content hash), or ``None`` (features are computed, and
+            memoised in memory for this process).
+        name: the embedding's name (Flair keys token vectors by it). Default
+            ``riva-<fingerprint of config and vocabulary>-image`` (or ``-text``).
+
+    A :class:`RivaModel` passed in is used as is (not copied): the constructor sets its
+    ``requires_grad`` flags (all off when frozen; on for everything but the backbone and the
+    next-word softmax when fine-tuned) and its train/eval mode follows this embedding.
+    """
+
+    memo_size: int = 1024
+    """In-process LRU memo of image features (entries of ~100 KB; 0 disables it). Not saved: it
+    changes speed, never the output."""
+
+    def __init__(
+        self,
+        model: str | Path | RivaModel,
+        *,
+        fine_tune: bool = False,
+        use_image: bool = True,
+        image_key: str = "image_path",
+        feature_cache: str | Path | None = None,
+        name: str | None = None,
+    ) -> None:
+        if isinstance(model, RivaModel):
+            riva = model
+        elif isinstance(model, (str, Path)):
+            riva = RivaModel.load(model)
+        else:
+            raise TypeError(f"RivaEmbeddings needs a RivaModel or a model directory, not {type(model).__name__}")
+        if not isinstance(image_key, str) or not image_key:
+            raise ValueError(f"image_key must be a non-empty string, got {image_key!r}")
+        effective_use_image = bool(use_image) and bool(riva.config.use_image)
+        default_name = f"riva-{model_fingerprint(riva.config, riva.vocab)}-{'image' if effective_use_image else 'text'}"
+        self.name = name if name is not None else default_name
+        self.static_embeddings = not fine_tune
+        super().__init__()
+
+        self.model = riva
+        self.fine_tune = bool(fine_tune)
+        self.use_image = effective_use_image
+        self.image_key = image_key
+        self.feature_cache = str(feature_cache) if feature_cache is not None else None
+        self._from_params = False
+        self._featurizer: ImageFeaturizer | None = None
+        self.image_stats: Counter[str] = Counter()
+        """Cumulative counts: ``sentences``, ``with_image``, and ``no image: <reason>`` per reason."""
+
+        self.model.requires_grad_(False)
+        if self.fine_tune:
+            for part, params in self.model.parameter_groups().items():
+                if part == "backbone":
+                    continue
+                for p in params:
+                    p.requires_grad_(True)
+            if self.model.config.freeze_word_vectors:
+                self.model.token_encoder.word_embedding.weight.requires_grad_(False)
+            self.model.vlcn.output.requires_grad_(False)  # the next-word softmax plays no part in e_k^RIVA
+        if use_image and not riva.config.use_image:
+            log.info("RivaEmbeddings %s: the model is RIVA(text) (use_image=False): embedding text only", self.name)
+
+        self.to(flair.device)
+        self.eval()
+
+    # -- Flair protocol ---------------------------------------------------------------------------
+    @property
+    def embedding_length(self) -> int:
+        return self.model.config.embedding_length
+
+    def train(self, mode: bool = True) -> RivaEmbeddings:
+        """A frozen RIVA stays in eval mode (no dropout) while the tagger trains (FlairEmbeddings idiom)."""
+        return super().train(self.fine_tune and mode)
+
+    def _add_embeddings_internal(self, sentences: list[Sentence]) -> list[Sentence]:
+        batch = [s for s in sentences if len(s) > 0]  # an empty Sentence has no token to embed
+        if not batch:
+            return sentences
+        grad = self.fine_tune and self.training and torch.is_grad_enabled()
+        with torch.enable_grad() if grad else torch.no_grad():
+            token_lists = [[token.text for token in s] for s in batch]
+            visual = self._visual_features(batch) if self.use_image else None
+            states, s_g, attention = self._run(token_lists, visual)
+        reasons: list[str | None] = list(visual.reasons) if visual is not None else [None] * len(batch)
+        has_image = visual.has_image.tolist() if visual is not None else [False] * len(batch)
+        side = math.isqrt(self.model.config.num_regions)
+        for i, sentence in enumerate(batch):
+            for token, vector in zip(sentence, states[i]):
+                token.set_embedding(self.name, vector if grad else vector.detach())
+            if self.use_image:
+                att = attention[i] if (has_image[i] and attention is not None) else None
+                sentence.add_metadata(RELEVANCE_KEY, float(s_g[i]))
+                sentence.add_metadata(
+                    ATTENTION_KEY,
+                    att.detach().float().cpu().view(side, side).tolist() if att is not None else None,
+                )
+                sentence.add_metadata(REASON_KEY, None if has_image[i] else (reasons[i] or "no image"))
+            elif not sentence.has_metadata(RELEVANCE_KEY):
+                # a text-only instance never overwrites what an image instance in the same stack wrote
+                sentence.add_metadata(RELEVANCE_KEY, 0.0)
+                sentence.add_metadata(ATTENTION_KEY, None)
+                sentence.add_metadata(REASON_KEY, "text only")
+        if self.use_image:
+            self._log_missing(len(batch), has_image, reasons)
+        return sentences
+
+    # -- images -------------------------------------------------------------------------------------
+    def _image_path(self, sentence: Sentence) -> tuple[str | None, str | None]:
+        """The sentence's image path, or ``(None, reason)``."""
+        if not sentence.has_metadata(self.image_key):
+            return None, f"no '{self.image_key}' metadata"
+        value = sentence.get_metadata(self.image_key)
+        if value is None:
+            return None, "no path"
+        if isinstance(value, (str, os.PathLike)):
+            path = os.fspath(value)
+            if isinstance(path, bytes):
+                path = os.fsdecode(path)
+            path = path.strip("\r\n")
+            return (path, None) if path.strip() else (None, "no path")
+        return None, f"'{self.image_key}' metadata is a {type(value).__name__}, not a path"
+
+    def _get_featurizer(self) -> ImageFeaturizer:
+        if self._featurizer is None:
+            backbone = self.model.backbone
+            assert backbone is not None  # use_image implies config.use_image
+            cache = self._open_cache()
+            self._featurizer = ImageFeaturizer(backbone, cache, memo_size=self.memo_size)
+        return self._featurizer
+
+    def _open_cache(self) -> str | None:
+        """The feature-cache directory to use, or ``None`` (compute) when it cannot be used here."""
+        if self.feature_cache is None:
+            return None
+        root = Path(self.feature_cache).expanduser()
+        if self._from_params and not root.is_dir():
+            log.warning("RivaEmbeddings %s: the feature cache %s saved with this model does not exist on this "
+                        "machine: computing image features instead (not cached)", self.name, root)
+            return None
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            from flair_riva.vision import FeatureCache
+
+            FeatureCache(root, self.model.backbone.fingerprint())  # fails early if unusable
+        except (OSError, ValueError) as err:
+            log.warning("RivaEmbeddings %s: cannot use the feature cache %s (%s): computing image features "
+                        "instead (not cached)", self.name, root, err)
+            return None
+        return str(root)
+
+    def _visual_features(self, batch: Sequence[Sentence]) -> VisualFeatures:
+        paths: list[str | None] = []
+        early: dict[int, str] = {}
+        for i, sentence in enumerate(batch):
+            path, reason = self._image_path(sentence)
+            paths.append(path)
+            if reason is not None:
+                early[i] = reason
+        visual = self._get_featurizer()(paths)
+        for i, reason in early.items():
+            visual.reasons[i] = reason
+        return visual
+
+    def _log_missing(self, n: int, has_image: list[bool], reasons: list[str | None]) -> None:
+        missing = Counter(reasons[i] or "no image" for i in range(n) if not has_image[i])
+        self.image_stats["sentences"] += n
+        self.image_stats["with_image"] += n - sum(missing.values())
+        for reason, count in missing.items():
+            self.image_stats[f"no image: {reason}"] += count
+        if missing:
+            detail = ", ".join(f"{reason}: {count}" for reason, count in missing.most_common())
+            log.info("RivaEmbeddings %s: %d of %d sentences embedded without image (s_G = 0) - %s",
+                     self.name, sum(missing.values()), n, detail)
+
+    # -- the model ----------------------------------------------------------------------------------
+    def _run(self, token_lists: list[list[str]], visual: VisualFeatures | None
+             ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """Per-sentence token states (T_i, 2H), s_G (B,) and the Eq. (8) attention (B, R) or None.
+
+        Sentences without an image have s_G = 0, hence v_c^G = s_G * v_c = 0 (§3.3): the RGN and VCN
+        cannot influence their VLCN states, so only the token encoder and the VLCN run for them (the
+        same numbers as the full forward pass, at about half the cost).
+        """
+        model = self.model
+        n = len(token_lists)
+        if visual is None:
+            if model.config.use_image:  # an image model used text-only
+                return self._run_without_image(token_lists), torch.zeros(n), None
+            states, out = model.embed(token_lists, None)
+            return states, out.s_g.detach().float().cpu(), None
+        has_image = visual.has_image.cpu()
+        with_idx = [i for i in range(n) if has_image[i]]
+        without_idx = [i for i in range(n) if not has_image[i]]
+        states: list[torch.Tensor | None] = [None] * n
+        s_g = torch.zeros(n)
+        attention = torch.zeros(n, model.config.num_regions)
+        if with_idx:
+            sub = _select(visual, with_idx)
+            sub_states, out = model.embed([token_lists[i] for i in with_idx], sub)
+            out_sg, out_att = _detached(out)
+            for k, i in enumerate(with_idx):
+                states[i] = sub_states[k]
+                s_g[i] = out_sg[k]
+                attention[i] = out_att[k]
+        if without_idx:
+            for k, tensor in enumerate(self._run_without_image([token_lists[i] for i in without_idx])):
+                states[without_idx[k]] = tensor
+        return states, s_g, attention  # type: ignore[return-value]
+
+    def _run_without_image(self, token_lists: list[list[str]]) -> list[torch.Tensor]:
+        """Token encoder + VLCN with v_c^G = 0 (s_G = 0): what the full forward gives without an image."""
+        model = self.model
+        text = model.encode(token_lists)
+        tokens = model.token_inputs(text)
+        zeros = tokens.new_zeros(tokens.shape[0], model.config.visual_dim)
+        token_states, _, _ = model.vlcn(tokens, text.lengths, zeros)
+        return [token_states[i, : len(t)] for i, t in enumerate(token_lists)]
+
+    # -- inspection ---------------------------------------------------------------------------------
+    @staticmethod
+    def attention_map(sentence: Sentence) -> torch.Tensor | None:
+        """The 7 x 7 head-averaged attention of Eq. (8) of the last RIVA embedding of ``sentence``
+        (row-major regions, as in the ResNet map), or ``None`` if it had no image or was not embedded."""
+        if not sentence.has_metadata(ATTENTION_KEY):
+            return None
+        value = sentence.get_metadata(ATTENTION_KEY)
+        if value is None:
+            return None
+        return torch.tensor(value, dtype=torch.float32)
+
+    @staticmethod
+    def relevance(sentence: Sentence) -> float | None:
+        """The relevance score s_G of the last RIVA embedding of ``sentence`` (None if not embedded)."""
+        return float(sentence.get_metadata(RELEVANCE_KEY)) if sentence.has_metadata(RELEVANCE_KEY) else None
+
+    # -- persistence --------------------------------------------------------------------------------
+    def to_params(self) -> dict[str, Any]:
+        """Everything :meth:`from_params` needs to rebuild the module tree, without the weights.
+
+        ``config`` is the :class:`RivaConfig` object on purpose: unpickling a saved tagger imports
+        ``flair_riva`` and so registers this class (notes §1.3)."""
+        return {
+            "params_version": PARAMS_VERSION,
+            "config": self.model.config,
+            "vocab": self.model.vocab.to_json(),
+            "fine_tune": self.fine_tune,
+            "use_image": self.use_image,
+            "image_key": self.image_key,
+            "feature_cache": self.feature_cache,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> RivaEmbeddings:
+        """Rebuild from :meth:`to_params` with random weights (no file I/O, no download)."""
+        params = dict(params)
+        version = params.pop("params_version", PARAMS_VERSION)
+        if version > PARAMS_VERSION:
+            raise ValueError(f"these RivaEmbeddings were saved by a newer flair-riva (params version {version}, "
+                             f"this one reads {PARAMS_VERSION})")
+        config = params.pop("config")
+        if isinstance(config, dict):
+            config = RivaConfig.from_dict(config)
+        vocab = params.pop("vocab")
+        vocab = Vocabulary.from_json(vocab) if isinstance(vocab, str) else vocab
+        model = RivaModel(config, vocab, backbone_weights=None)
+        embedding = cls(model, **params)
+        embedding._from_params = True
+        return embedding
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_featurizer"] = None  # file handles / locks; rebuilt lazily
+        return state
+
+    def extra_repr(self) -> str:
+        return (f"name={self.name!r}, embedding_length={self.embedding_length}, fine_tune={self.fine_tune}, "
+                f"use_image={self.use_image}, image_key={self.image_key!r}, feature_cache={self.feature_cache!r}")
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _select(visual: VisualFeatures, index: list[int]) -> VisualFeatures:
+    idx = torch.tensor(index, dtype=torch.long)
+    return VisualFeatures(visual.regions[idx], visual.pooled[idx], visual.has_image.cpu()[idx],
+                          [visual.reasons[i] for i in index])
+
+
+def _detached(out: RivaOutput) -> tuple[torch.Tensor, torch.Tensor]:
+    s_g = out.s_g.detach().float().cpu()
+    if out.attention is None:
+        return s_g, torch.zeros(len(s_g), 0)
+    return s_g, out.attention.detach().float().cpu()
