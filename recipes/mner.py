@@ -254,7 +254,7 @@ def train_one(config: str, seed: int, args: ExperimentArgs, relevance: list[floa
     start = time.time()
     ModelTrainer(tagger, corpus).train(
         run_dir, learning_rate=args.learning_rate, mini_batch_size=args.batch_size, max_epochs=args.epochs,
-        embeddings_storage_mode="cpu", max_grad_norm=5.0, save_final_model=False, create_file_logs=True,
+        embeddings_storage_mode="cpu", max_grad_norm=5.0, save_final_model=True, create_file_logs=True,
         main_evaluation_metric=("micro avg", "f1-score"), use_final_model_for_eval=False,
     )  # the best dev epoch (best-model.pt) is reloaded before the final evaluation: selection on dev only
     train_seconds = time.time() - start
@@ -278,6 +278,9 @@ def train_one(config: str, seed: int, args: ExperimentArgs, relevance: list[floa
             s.remove_labels("predicted")
     flair_result = tagger.evaluate(list(corpus.test), gold_label_type="ner", mini_batch_size=32)
     row["test_f1_flair_evaluate"] = 100 * flair_result.main_score
+    for s in corpus.test:
+        s.remove_labels("predicted")
+    row["model"] = str(run_dir / ("best-model.pt" if (run_dir / "best-model.pt").exists() else "final-model.pt"))
     log.info("%s seed %d: dev F1 %.2f, test F1 %.2f (strict %.2f)", config, seed, row["dev_f1"], row["test_f1"],
              row["test_f1_strict"])
     return row
