@@ -10,6 +10,10 @@ import torch
 from flair_riva.config import RivaConfig
 from flair_riva.text import Vocabulary, tokenize_tweet
 
+# The models under test are tiny: one intra-op thread is as fast as two on a quiet machine, and on a
+# busy one (other torch jobs on the same cores) two threads per process can be 10-100x slower.
+torch.set_num_threads(1)
+
 TINY = dict(word_dim=16, char_dim=8, char_hidden_size=8, rgn_hidden_size=32, vlcn_hidden_size=32,
             num_heads=8, backbone="resnet18", min_word_count=1)
 

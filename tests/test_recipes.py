@@ -1,0 +1,90 @@
+"""The MNER recipes (recipes/mner.py) and the image+text baseline, on a tiny demo world."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from flair.data import Sentence
+
+from flair_riva.baselines import IMAGE_TOKEN, ImageTokenEmbeddings, with_image_token
+from flair_riva.config import RivaConfig
+from flair_riva.datasets import TwitterMNERCorpus, iter_unlabelled_pairs
+from flair_riva.demo import generate_demo_world
+from flair_riva.model import RivaModel
+from tests.conftest import TINY
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+import mner  # noqa: E402
+
+
+def test_strict_scores_do_not_count_orphans():
+    gold = [["O", "I-LOC", "O", "B-PER", "I-PER"]]       # an orphan I- (as in Twitter-2015)
+    pred = [["O", "B-LOC", "O", "B-PER", "I-PER"]]
+    # strict IOB2: the orphan is no entity, so the predicted LOC is a false positive
+    assert mner.strict_f1(gold, pred) == pytest.approx(100 * 2 * (1 / 2) / (1 / 2 + 1))
+    assert mner.strict_f1(pred, pred) == pytest.approx(100.0)
+
+
+def test_read_gold_tags(tmp_path):
+    path = tmp_path / "test.txt"
+    path.write_text("IMGID:1\nA\tB-PER\nb\tO\n\nIMGID:2\nc\tI-LOC\n", encoding="utf-8")
+    assert mner.read_gold_tags(path) == [["B-PER", "O"], ["I-LOC"]]
+
+
+def test_image_token_keeps_spans_and_metadata():
+    s = Sentence(["Kevin", "Love", "in", "Cleveland"])
+    s[0:2].add_label("ner", "PER")
+    s[3:4].add_label("ner", "LOC")
+    s.add_metadata("image_path", "x.jpg")
+    new = with_image_token(s)
+    assert new[0].text == IMAGE_TOKEN and len(new) == 5
+    assert [(sp.text, sp.get_label("ner").value) for sp in new.get_spans("ner")] == [
+        ("Kevin Love", "PER"), ("Cleveland", "LOC")]
+    assert new.get_metadata("image_path") == "x.jpg"
+
+
+def test_image_token_embedding_round_trip(tmp_path):
+    from flair.embeddings.base import load_embeddings
+
+    torch.manual_seed(0)
+    emb = ImageTokenEmbeddings("resnet18")
+    s = with_image_token(Sentence(["hello", "world"]))   # no image: the [IMG] vector is zero
+    emb.embed(s)
+    assert s[0].get_embedding().shape == (512,) and torch.all(s[1].get_embedding() == 0)
+    params = emb.save_embeddings(use_state_dict=True)
+    again = load_embeddings(params)
+    assert not again.training
+    assert torch.equal(again.extractor.conv1.weight, emb.extractor.conv1.weight)
+
+
+@pytest.mark.slow
+def test_run_experiments_on_the_demo_world(tmp_path):
+    world = generate_demo_world(tmp_path / "demo", scale=0.1)
+    texts = [p.tokens for p in iter_unlabelled_pairs(world.unlabelled_file)]
+    torch.manual_seed(0)
+    riva = RivaModel.from_texts(RivaConfig(**TINY), texts)
+    riva.save(tmp_path / "riva")
+    RivaModel.from_texts(RivaConfig(**TINY, use_image=False), texts).save(tmp_path / "riva-text")
+    corpus = TwitterMNERCorpus(world.ner_dir)
+    gold = {split: mner.read_gold_tags(world.ner_dir / f"{split}.txt") for split in ("dev", "test")}
+    args = mner.ExperimentArgs(
+        corpus=corpus, name="tiny demo", output=tmp_path / "out", gold_tags=gold, riva=tmp_path / "riva",
+        riva_text=tmp_path / "riva-text", configs=["text", "image+text", "+RIVA(image+text)", "-RGN"],
+        epochs=1, learning_rate=0.1, batch_size=16, hidden_sizes={"text": 8, "riva": 8, "bert": 8},
+    )
+    rows, text = mner.run_experiments(args)
+    assert [r["config"] for r in rows] == ["text", "image+text", "+RIVA(image+text)"]
+    assert "-RGN (needs --riva-nogate)" in text
+    for r in rows:
+        assert 0 <= r["test_f1"] <= 100 and 0 <= r["test_f1_strict"] <= 100
+        assert r["test_adds_n"] + r["test_not_adds_n"] == len(corpus.test)
+        assert Path(r["model"]).is_file()
+    with open(tmp_path / "out" / "results.csv", encoding="utf-8") as handle:
+        assert len(list(csv.DictReader(handle))) == 3
+    md = (tmp_path / "out" / "results.md").read_text(encoding="utf-8")
+    assert "### Table 4" in md and "### Table 6" in md and "train 60/60" in md
+    assert not any(s.get_labels("predicted") for s in corpus.test), "no prediction leaks into the next run"
