@@ -88,3 +88,34 @@ def test_run_experiments_on_the_demo_world(tmp_path):
     md = (tmp_path / "out" / "results.md").read_text(encoding="utf-8")
     assert "### Table 4" in md and "### Table 6" in md and "train 60/60" in md
     assert not any(s.get_labels("predicted") for s in corpus.test), "no prediction leaks into the next run"
+
+
+@pytest.mark.slow
+def test_table5_stacks_with_local_bert_and_flair_models(tmp_path, monkeypatch):
+    """+BERT and +RIVA+BERT+Flair from local files only (a tiny BERT directory, tiny Flair LM files)."""
+    from flair.models import LanguageModel
+
+    from tests.test_embeddings import _char_lm, _tiny_bert
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    world = generate_demo_world(tmp_path / "demo", scale=0.1)
+    corpus = TwitterMNERCorpus(world.ner_dir)
+    texts = [p.tokens for p in iter_unlabelled_pairs(world.unlabelled_file)]
+    torch.manual_seed(0)
+    RivaModel.from_texts(RivaConfig(**TINY), texts).save(tmp_path / "riva")
+    bert = _tiny_bert(tmp_path / "bert", [w for t in texts for w in t])
+    forward = _char_lm(corpus.train)
+    forward.save(tmp_path / "fw.pt")
+    LanguageModel(forward.dictionary, is_forward_lm=False, hidden_size=16, nlayers=1, embedding_size=8).save(
+        tmp_path / "bw.pt")
+    gold = {split: mner.read_gold_tags(world.ner_dir / f"{split}.txt") for split in ("dev", "test")}
+    args = mner.ExperimentArgs(
+        corpus=corpus, name="tiny demo", output=tmp_path / "out", gold_tags=gold, riva=tmp_path / "riva",
+        bert=bert, flair_forward=tmp_path / "fw.pt", flair_backward=tmp_path / "bw.pt",
+        configs=["+BERT", "+RIVA+BERT+Flair"], epochs=1, batch_size=16,
+        hidden_sizes={"text": 8, "riva": 8, "bert": 8},
+    )
+    rows, text = mner.run_experiments(args)
+    assert [r["config"] for r in rows] == ["+BERT", "+RIVA+BERT+Flair"]
+    assert "### Table 5" in text
