@@ -45,7 +45,6 @@ from flair.data import Corpus, Dictionary, Sentence
 from flair.embeddings import (
     CharacterEmbeddings,
     FlairEmbeddings,
-    OneHotEmbeddings,
     StackedEmbeddings,
     TokenEmbeddings,
     TransformerWordEmbeddings,
@@ -127,6 +126,19 @@ def _as_kv(path: Path, cache_dir: Path) -> Path:
     return target
 
 
+def _random_vectors(corpus: Corpus, path: Path, dim: int = 50) -> Path:
+    """N(0, 0.1^2) vectors for the training words, as a gensim file that Flair's WordEmbeddings reads."""
+    if not path.exists():
+        from gensim.models import KeyedVectors
+
+        words = sorted({t.text for s in corpus.train for t in s.tokens})
+        kv = KeyedVectors(dim)
+        kv.add_vectors(words, torch.randn(len(words), dim, generator=torch.Generator().manual_seed(0)).numpy() * 0.1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kv.save(str(path))
+    return path
+
+
 def _char_dictionary(corpus: Corpus, path: Path) -> Path:
     """A character dictionary from the corpus (Flair's default one is a download)."""
     if not path.exists():
@@ -152,8 +164,9 @@ def build_embeddings(config: str, args: ExperimentArgs) -> tuple[list[TokenEmbed
     base: list[TokenEmbeddings] = []
     if args.word_vectors is not None:
         base.append(WordEmbeddings(str(_as_kv(args.word_vectors, cache)), name="word"))
-    else:  # no pretrained vectors (the demo world): word embeddings learned with the tagger
-        base.append(OneHotEmbeddings.from_corpus(args.corpus, min_freq=1, embedding_length=50))
+    else:  # no pretrained vectors (the demo world): randomly initialised word vectors trained with the tagger
+        base.append(WordEmbeddings(str(_random_vectors(args.corpus, cache / "random-word-vectors.kv")),
+                                   fine_tune=True, name="word"))
     base.append(CharacterEmbeddings(str(_char_dictionary(args.corpus, cache / "chars.pkl")), 25, 25))
     fc = str(args.feature_cache) if args.feature_cache else None
 
@@ -255,7 +268,10 @@ def train_one(config: str, seed: int, args: ExperimentArgs, relevance: list[floa
     start = time.time()
     ModelTrainer(tagger, corpus).train(
         run_dir, learning_rate=args.learning_rate, mini_batch_size=args.batch_size, max_epochs=args.epochs,
-        embeddings_storage_mode="cpu", max_grad_norm=5.0, save_final_model=True, create_file_logs=True,
+        # "none", not "cpu": Flair 0.15 stores *trainable* embeddings (the character biLSTM) of dev sentences
+        # during evaluation (they carry no grad there) and reuses them, stale, in every later dev evaluation,
+        # which corrupts model selection; frozen RIVA vectors are cheap to recompute each epoch
+        embeddings_storage_mode="none", max_grad_norm=5.0, save_final_model=True, create_file_logs=True,
         main_evaluation_metric=("micro avg", "f1-score"), use_final_model_for_eval=False,
     )  # the best dev epoch (best-model.pt) is reloaded before the final evaluation: selection on dev only
     train_seconds = time.time() - start
@@ -263,6 +279,8 @@ def train_one(config: str, seed: int, args: ExperimentArgs, relevance: list[floa
                  "train_seconds": round(train_seconds, 1)}
     for split in ("dev", "test"):
         sentences = list(getattr(corpus, split))
+        for s in sentences:
+            s.clear_embeddings()
         # as Flair reports it (span micro F1, conlleval convention); the predictions stay on the sentences
         row[f"{split}_f1"] = 100 * tagger.evaluate(sentences, gold_label_type="ner", mini_batch_size=32).main_score
         pred = [predicted_bio(s, offset=offset) for s in sentences]
