@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     rows, table = mner.run_experiments(exp)
 
     # the gate: mean s_G of the RGN on test tweets whose image adds (ground truth of the demo world) or not
-    rows = [line.split("\t") for line in world.relation_truth_file.read_text(encoding="utf-8").splitlines()[1:]]
-    truth = {row[0]: row[1] for row in rows}
+    truth_rows = [line.split("\t") for line in world.relation_truth_file.read_text(encoding="utf-8").splitlines()[1:]]
+    truth = {row[0]: row[1] for row in truth_rows}
     test = list(corpus.test)
     relevance = mner.relevance_of(test, models["riva"], world.root / "feature-cache")
     related = [r for s, r in zip(test, relevance) if truth.get(s.get_metadata("image_id")) == "1"]
