@@ -13,6 +13,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+VLCN_VISUAL_MODES = ("paper", "start", "state", "step")
+VISUAL_NORMS = ("standardize", "layer")
+#: Values of fields added after 0.1.0 that a config written without them had (so 0.1.0 models load as
+#: they were trained).
+LEGACY_VALUES: dict[str, Any] = {"vlcn_visual": "paper", "visual_norm": "layer", "gate_dropout": 0.0}
+
 #: Version of the on-disk model directory format (config.json + vocab.json + model.safetensors).
 FORMAT_VERSION = 1
 
@@ -40,6 +46,10 @@ class RivaConfig:
 
     # -- vision (§3.1, §3.2) ----------------------------------------------------------------------
     backbone: str = "resnet34"
+    visual_norm: str = "standardize"
+    """How ResNet features are normalised before the RGN and VCN: ``"standardize"`` (per feature, with
+    running statistics over the training images) or ``"layer"`` (per vector, flair-riva 0.1.0; keeps the
+    component every image shares, so random-init features barely differ between images)."""
     visual_dim: int = 512
     """d_v: channels of ResNet-34's last convolutional map (7 x 7 x 512)."""
     num_regions: int = 49
@@ -54,6 +64,22 @@ class RivaConfig:
     adaptive_softmax_cutoffs: list[int] = field(default_factory=lambda: [2000, 10000])
     """Cluster boundaries of the adaptive softmax output layer (Grave et al. 2017), clipped to the vocabulary."""
     adaptive_softmax_div_value: float = 4.0
+    vlcn_visual: str = "step"
+    """How the gated visual vector enters the VLCN (README, design notes):
+
+    * ``"paper"``: §3.3 as written, FC+GELU(s_G · v_c) replaces [BOS]/[EOS] (flair-riva 0.1.0). Unbounded:
+      in trained models the first LSTM step saturates and the image never reaches the token states.
+    * ``"start"``: a learned [BOS]/[EOS] plus s_G · tanh(W v_c): bounded, and equal to the no-image start
+      at s_G = 0.
+    * ``"state"``: ``"start"`` and the LSTMs' initial states s_G · tanh(W v_c).
+    * ``"step"``: ``"start"`` and s_G · tanh(W v_c) appended to every token input of both LMs (a deviation
+      from §3.3, the default: the only route that carries the image to the token states in a demo budget).
+    """
+    visual_step_dim: int = 32
+    """Size of the per-step visual input of ``vlcn_visual="step"``."""
+    gate_dropout: float = 0.1
+    """Training only: the probability that an item's s_G is replaced by 0 on its way to the VLCN, so the
+    no-image input (s_G = 0) is one the language model is trained on in every epoch."""
 
     # -- regularisation and optimisation (Table 2, "Misc.") -----------------------------------------
     dropout: float = 0.5
@@ -75,6 +101,12 @@ class RivaConfig:
         for name in ("word_dim", "char_dim", "char_hidden_size", "rgn_hidden_size", "vlcn_hidden_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.vlcn_visual not in VLCN_VISUAL_MODES:
+            raise ValueError(f"vlcn_visual must be one of {VLCN_VISUAL_MODES}, got {self.vlcn_visual!r}")
+        if self.visual_norm not in VISUAL_NORMS:
+            raise ValueError(f"visual_norm must be one of {VISUAL_NORMS}, got {self.visual_norm!r}")
+        if not 0.0 <= self.gate_dropout < 1.0:
+            raise ValueError(f"gate_dropout must be in [0, 1), got {self.gate_dropout}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -104,6 +136,7 @@ class RivaConfig:
             raise ValueError(
                 f"unknown RivaConfig fields {unknown}: this checkpoint was written by a newer flair-riva"
             )
+        data = {**{k: v for k, v in LEGACY_VALUES.items() if k not in data}, **data}
         return cls(**data)
 
     def to_json(self) -> str:
@@ -116,5 +149,6 @@ class RivaConfig:
         # Taggers pickle the config: fill fields added after the tagger was saved with their defaults.
         defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
                     for f in dataclasses.fields(self)}
+        defaults.update({k: v for k, v in LEGACY_VALUES.items() if k not in state})
         defaults.update(state)
         self.__dict__.update(defaults)

@@ -42,6 +42,7 @@ import argparse
 import io
 import json
 import logging
+import math
 import random
 import sys
 import time
@@ -58,7 +59,7 @@ log = logging.getLogger("flair")
 
 __all__ = ["DemoWorld", "generate_demo_world", "default_demo_root", "main", "WORLD_VERSION", "IMAGE_KINDS"]
 
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 IMAGE_SIZE = 64
 IMAGE_KINDS = ("person", "location", "organisation", "food", "meme")
 TYPE_KIND = {"PER": "person", "LOC": "location", "ORG": "organisation"}
@@ -66,7 +67,7 @@ UNRELATED_KINDS = ("food", "meme")
 SCALE_PRESETS = {"default": 1.0, "tiny": 0.1}
 
 # base sizes at scale 1
-_BASE = {"pool_per_kind": 25, "relation": 600, "unlabelled": 3000, "ner_train": 600, "ner_dev": 200, "ner_test": 200}
+_BASE = {"pool_per_kind": 25, "relation": 1200, "unlabelled": 3000, "ner_train": 600, "ner_dev": 200, "ner_test": 200}
 _MIN = {"pool_per_kind": 4, "relation": 40, "unlabelled": 60, "ner_train": 30, "ner_dev": 12, "ner_test": 12}
 
 
@@ -112,7 +113,7 @@ class DemoWorld:
 
 
 def default_demo_root() -> Path:
-    """``flair.cache_root / "riva" / "demo-world-v1"`` (``$FLAIR_CACHE_ROOT`` or ``~/.flair``)."""
+    """``flair.cache_root / "riva" / "demo-world-v2"`` (``$FLAIR_CACHE_ROOT`` or ``~/.flair``)."""
     import flair
 
     return Path(flair.cache_root) / "riva" / f"demo-world-v{WORLD_VERSION}"
@@ -273,6 +274,16 @@ SECONDARY = {
     "ORG": ("via {E}", "sponsored by {E}", "powered by {E}"),
     "OTHER": ("during {E}", "while watching {E}", "ahead of {E}"),
 }
+# World v2: what a related picture shows, said right after the entity ("look at Jordan on stage"): in
+# the pretraining pairs whose image adds, these words are predictable from the image (and, for an
+# ambiguous name in a neutral context, from nothing else), so the language model gains from the image.
+SHOWN = {
+    "PER": ("smiling", "on stage", "in a suit", "waving", "posing", "with a big smile"),
+    "LOC": ("at sunset", "skyline", "under blue skies", "from the hills", "from above", "landscape"),
+    "ORG": ("logo", "headquarters", "storefront", "brand sign", "new logo", "office sign"),
+}
+# ... and an opening word that names what the picture is ("portrait : look at Jordan ...")
+OPENER = {"PER": ("portrait", "selfie"), "LOC": ("view", "scenery"), "ORG": ("branding", "signage")}
 FILLERS = ("lol", "wow", "so good", "!", "?", "omg", "yes", "love it", "no way", "haha")
 HASHTAGS = ("#tbt", "#love", "#news", "#nba", "#travel", "#business", "#photo", "#weekend", "#mood",
             "#sports", "#music", "#food")
@@ -327,11 +338,17 @@ class _TweetMaker:
         return self.rng.choice(UNAMBIGUOUS[etype])
 
     def tweet(self, *, related: int, context: str, etype: str, image_kind: str, p_photo: float,
-              p_ambiguous: float = 0.8, p_secondary: float = 0.3) -> _Tweet:
+              p_ambiguous: float = 0.8, p_secondary: float = 0.3, p_shown: float = 0.0,
+              p_opener: float = 0.0) -> _Tweet:
+        """One tweet. ``p_shown`` / ``p_opener``: probability of :data:`SHOWN` words after the entity / an
+        :data:`OPENER` word first, both naming what an image of ``image_kind`` shows (world v2)."""
         r = self.rng
         cue = "photo" if r.random() < p_photo else "opinion"
         entity = self._entity(etype, p_ambiguous)
+        shown_type = {v: k for k, v in TYPE_KIND.items()}.get(image_kind)
         parts: list[tuple[list[str], list[str]]] = []
+        if shown_type is not None and r.random() < p_opener:
+            parts.append(self._fill(f"{r.choice(OPENER[shown_type])} :", None, None))
         if r.random() < 0.15:
             parts.append(self._fill(f"RT {r.choice(MENTIONS)} :", None, None))
         if context == "neutral":
@@ -343,6 +360,8 @@ class _TweetMaker:
         else:
             phrase = r.choice(PHOTO_CUES if cue == "photo" else OPINION_CUES)
             core = f"{phrase} {r.choice((':', ','))} {r.choice(REVEAL[etype])}"
+        if shown_type is not None and context == "neutral" and r.random() < p_shown:
+            core = core.replace("{E}", "{E} " + r.choice(SHOWN[shown_type]), 1)
         parts.append(self._fill(core, entity, etype))
         if r.random() < p_secondary:
             stype = r.choice(("PER", "LOC", "ORG", "OTHER"))
@@ -370,13 +389,35 @@ class _TweetMaker:
         return _Tweet(tokens, tags, image_kind, etype, related, context, cue)
 
 
+P_SHOWN, P_OPENER = 0.85, 0.5  # world v2: in related pretraining pairs (neutral context for SHOWN)
+
+
+def image_information(tweet: _Tweet) -> float:
+    """Nats an ideal language model saves on ``tweet`` (both directions together) by seeing its image:
+    ln 3 per direction for the SHOWN words after an ambiguous entity (three types are equally likely from
+    the text), ln 3 for an OPENER in the forward direction (nothing precedes it). An estimate of the
+    mutual information between image and text, to compare with the image gain a model reaches."""
+    if not tweet.related or tweet.entity_type not in OPENER:
+        return 0.0
+    words = set(tweet.tokens)
+    gain = 0.0
+    if words & {w for w in OPENER[tweet.entity_type]} and tweet.tokens[1] == ":":
+        gain += math.log(3)
+    ambiguous = any(t in AMBIGUOUS_NAMES for t, g in zip(tweet.tokens, tweet.tags) if g == f"B-{tweet.entity_type}")
+    shown_first = {p.split()[0] for p in SHOWN[tweet.entity_type]}
+    if ambiguous and words & shown_first:
+        gain += 2 * math.log(3)
+    return gain
+
+
 def _pair_tweet(maker: _TweetMaker, p_neutral_related: float) -> _Tweet:
     """A relation/unlabelled pair (the task-1 mixture, ~45% image adds; see the module docstring)."""
     r = maker.rng
     if r.random() < 0.45:
         etype = r.choice(("PER", "LOC", "ORG"))
         context = "neutral" if r.random() < p_neutral_related else "reveal"
-        return maker.tweet(related=1, context=context, etype=etype, image_kind=TYPE_KIND[etype], p_photo=0.75)
+        return maker.tweet(related=1, context=context, etype=etype, image_kind=TYPE_KIND[etype], p_photo=0.75,
+                           p_shown=P_SHOWN, p_opener=P_OPENER)
     etype = r.choice(("PER", "LOC", "ORG"))
     if r.random() < 0.5:  # an unrelated picture: food or meme
         context = "neutral" if r.random() < 0.5 else "reveal"
@@ -574,8 +615,11 @@ def generate_demo_world(
 
     maker = _TweetMaker(random.Random(f"flair-riva-demo/{seed}/unlabelled"))
     rows = []
+    info_nats, lm_predictions = 0.0, 0
     for _ in range(sizes["unlabelled"]):
-        tw = _pair_tweet(maker, p_neutral_related=0.5)
+        tw = _pair_tweet(maker, p_neutral_related=0.7)
+        info_nats += image_information(tw)
+        lm_predictions += 2 * len(tw.tokens)
         rows.append(json.dumps({"text": tw.text, "image": maker.rng.choice(pool[tw.image_kind])},
                                ensure_ascii=False))
     put("unlabelled.jsonl", ("\n".join(rows) + "\n").encode("utf-8"))
@@ -607,6 +651,7 @@ def generate_demo_world(
         "ner_train": ner_counts["train"], "ner_dev": ner_counts["dev"], "ner_test": ner_counts["test"],
         "pool_images": len(pixels), "pool_per_kind": sizes["pool_per_kind"],
         "unique_ner_images": len(jpeg_cache),
+        "image_information_nats_per_token": round(info_nats / max(lm_predictions, 1), 5),
     }
     put("README.txt", _README.format(
         version=WORLD_VERSION, seed=seed, scale=scale, relation=counts["relation"],
@@ -640,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
                     "(relation pairs, unlabelled pairs, an IMGID NER corpus and images).",
     )
     parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default: FLAIR_CACHE_ROOT/riva/demo-world-v1)")
+                        help="output folder (default: FLAIR_CACHE_ROOT/riva/demo-world-v2)")
     parser.add_argument("--seed", type=int, default=13, help="random seed (default 13)")
     parser.add_argument("--scale", default="1.0",
                         help="size factor, or 'tiny' (0.1) / 'default' (1.0); default 1.0")

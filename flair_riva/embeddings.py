@@ -314,8 +314,9 @@ class RivaEmbeddings(TokenEmbeddings):
         model = self.model
         text = model.encode(token_lists)
         tokens = model.token_inputs(text)
-        zeros = tokens.new_zeros(tokens.shape[0], model.config.visual_dim)
-        token_states, _, _ = model.vlcn(tokens, text.lengths, zeros)
+        b = tokens.shape[0]
+        token_states, _, _ = model.vlcn(tokens, text.lengths, tokens.new_zeros(b, model.config.visual_dim),
+                                        tokens.new_zeros(b))
         return [token_states[i, : len(t)] for i, t in enumerate(token_lists)]
 
     # -- inspection ---------------------------------------------------------------------------------

@@ -59,6 +59,54 @@ def run_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor):
     return out, h_n
 
 
+class FeatureStandardizer(nn.Module):
+    """Per-feature standardisation over images, with batch statistics in training (as BatchNorm does).
+
+    Features of different images differ in a few directions on top of a large component that every image
+    shares (random-init ResNet-18: mean pairwise cosine 0.97 after a per-vector LayerNorm). Subtracting
+    each feature's mean over images and dividing by its standard deviation exposes the differences and
+    leaves no constant part that a later layer could use as a bias (which drives it into saturation, the
+    same for every image). In training mode the statistics come from the rows of the batch that have an
+    image (gradients flow through them, as in BatchNorm) and update running statistics, which evaluation
+    uses. Unlike ``nn.BatchNorm1d``, rows without an image take no part and come out as zeros.
+    """
+
+    def __init__(self, dim: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.register_buffer("running_mean", torch.zeros(dim))
+        self.register_buffer("running_var", torch.ones(dim))
+        self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor, has_image: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, d) or (B, R, d) features -> standardised features; ``has_image`` (B,) masks the rows."""
+        keep = has_image.to(x.device, torch.bool) if has_image is not None else None
+        mean, var = self.running_mean, self.running_var
+        rows = (x if keep is None else x[keep]).reshape(-1, x.shape[-1])
+        if self.training and rows.shape[0] > 1:
+            mean, var = rows.mean(dim=0), rows.var(dim=0, unbiased=False)
+            with torch.no_grad():
+                m = 1.0 if int(self.num_batches_tracked) == 0 else self.momentum
+                self.running_mean.lerp_(mean.detach().float(), m)
+                self.running_var.lerp_(var.detach().float(), m)
+                self.num_batches_tracked += 1
+        out = (x - mean) * torch.rsqrt(var + self.eps)
+        if keep is not None:
+            out = out * keep.view(-1, *([1] * (x.dim() - 1))).to(out.dtype)
+        return out
+
+
+def visual_normalizer(kind: str, dim: int) -> nn.Module:
+    """``"standardize"`` (:class:`FeatureStandardizer`) or ``"layer"`` (a per-vector LayerNorm, 0.1.0)."""
+    return FeatureStandardizer(dim) if kind == "standardize" else nn.LayerNorm(dim)
+
+
+def normalize_visual(norm: nn.Module, x: torch.Tensor, has_image: torch.Tensor | None) -> torch.Tensor:
+    if isinstance(norm, FeatureStandardizer):
+        return norm(x, has_image)
+    return norm(x)
+
+
 class RGN(nn.Module):
     """Text-image relation gating network (§3.1).
 
@@ -67,14 +115,15 @@ class RGN(nn.Module):
     probability of "image adds" is the relevance score s_G.
     """
 
-    def __init__(self, input_dim: int, hidden_size: int, num_layers: int, visual_dim: int, dropout: float) -> None:
+    def __init__(self, input_dim: int, hidden_size: int, num_layers: int, visual_dim: int, dropout: float,
+                 visual_norm: str = "standardize") -> None:
         super().__init__()
         self.lstm = nn.LSTM(input_dim, hidden_size, num_layers=num_layers, batch_first=True,
                             bidirectional=True, dropout=dropout if num_layers > 1 else 0.0)
         text_dim = 2 * hidden_size
         # ResNet features are unbounded ReLU outputs whose scale depends on the backbone's weights (a
-        # random-init ResNet gives values in the hundreds); a LayerNorm puts f_v on the scale of f_t.
-        self.visual_norm = nn.LayerNorm(visual_dim)
+        # random-init ResNet gives values in the hundreds): normalised before f_t ⊙ f_v.
+        self.visual_norm = visual_normalizer(visual_norm, visual_dim)
         # f_t ⊙ f_v needs d_t == d_v; with Table 2 (2 x 256 = 512 = d_v) this is the identity.
         self.visual_proj = nn.Identity() if text_dim == visual_dim else nn.Linear(visual_dim, text_dim)
         self.fc = nn.Linear(text_dim, text_dim)
@@ -86,9 +135,10 @@ class RGN(nn.Module):
         _, h_n = run_lstm(self.lstm, tokens, lengths)
         return torch.cat([h_n[-2], h_n[-1]], dim=-1)
 
-    def classify(self, f_t: torch.Tensor, f_v: torch.Tensor) -> torch.Tensor:
-        """Relation logits (B, 2) from f_t ⊙ f_v through FC + GELU and the softmax layer's FC."""
-        fused = self.dropout(f_t * self.visual_proj(self.visual_norm(f_v)))
+    def classify(self, f_t: torch.Tensor, f_v: torch.Tensor, has_image: torch.Tensor | None = None) -> torch.Tensor:
+        """Relation logits (B, 2) from f_t ⊙ f_v through FC + GELU and the softmax layer's FC (Eq. 1-2)."""
+        f_v = normalize_visual(self.visual_norm, f_v, has_image)
+        fused = self.dropout(f_t * self.visual_proj(f_v))
         return self.classifier(self.dropout(F.gelu(self.fc(fused))))
 
 
@@ -100,19 +150,20 @@ class VCN(nn.Module):
     v_c = head_1 ⊕ ... ⊕ head_h, d_h = d_v / h.
     """
 
-    def __init__(self, text_dim: int, visual_dim: int, num_heads: int) -> None:
+    def __init__(self, text_dim: int, visual_dim: int, num_heads: int, visual_norm: str = "standardize") -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = visual_dim // num_heads
-        self.region_norm = nn.LayerNorm(visual_dim)  # same reason as RGN.visual_norm
+        self.region_norm = visual_normalizer(visual_norm, visual_dim)  # same reason as RGN.visual_norm
         self.query = nn.Linear(text_dim, visual_dim, bias=False)        # W^Q_1..h stacked
         self.key_value = nn.Linear(visual_dim, visual_dim, bias=False)  # W^V_1..h stacked
 
-    def forward(self, f_t: torch.Tensor, regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, f_t: torch.Tensor, regions: torch.Tensor, has_image: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, d_t), (B, R, d_v) -> v_c (B, d_v) and the head-averaged attention of Eq. (8), (B, R)."""
         b, r, _ = regions.shape
         q = self.query(f_t).view(b, self.num_heads, 1, self.head_dim)
-        kv = self.key_value(self.region_norm(regions)).view(b, r, self.num_heads, self.head_dim).transpose(1, 2)
+        kv = self.key_value(normalize_visual(self.region_norm, regions, has_image)).view(b, r, self.num_heads, self.head_dim).transpose(1, 2)
         scores = q @ kv.transpose(-1, -2) / math.sqrt(self.head_dim)      # Eq. (3): QK^T / sqrt(d_k)
         weights = scores.softmax(dim=-1)                                   # (B, h, 1, R)
         v_c = (weights @ kv).reshape(b, self.num_heads * self.head_dim)    # Eq. (4)-(5)
@@ -120,25 +171,49 @@ class VCN(nn.Module):
 
 
 class VLCN(nn.Module):
-    """Visual-linguistic contextual network (§3.3): forward and backward LSTM LMs, Eq. (6)-(7).
+    """Visual-linguistic contextual network (§3.3): forward and backward LSTM language models, Eq. (6)-(7).
 
-    The forward LM reads ([BOS], w_1..w_T) and the backward LM reads ([EOS], w_T..w_1), where the
-    first input is the gated visual vector v_c^G = s_G * v_c mapped to the token-input size by an
-    FC + GELU layer; with ``use_image=False`` (RIVA(text)) they are learned [BOS]/[EOS] vectors.
+    The forward LM reads ([BOS], w_1..w_T) and the backward LM reads ([EOS], w_T..w_1). In the paper the
+    first input is the gated visual vector v_c^G = s_G · v_c in place of [BOS]/[EOS]; ``visual`` chooses
+    how the image enters (see :attr:`RivaConfig.vlcn_visual`):
+
+    * ``"paper"``: first input FC+GELU(s_G · v_c), as written (unbounded);
+    * ``"start"``: first input [BOS] + s_G · tanh(W_s v_c) ([EOS] likewise), bounded;
+    * ``"state"``: ``"start"``, and initial hidden and cell states s_G · tanh(W_h v_c), s_G · tanh(W_c v_c);
+    * ``"step"``: ``"start"``, and g = s_G · tanh(W_g v_c) appended to every token input.
+
+    Outside ``"paper"``, v_c is first standardised per feature over images (:class:`FeatureStandardizer`).
+
+    Apart from ``"paper"``, s_G = 0 gives exactly the no-image LM (learned [BOS]/[EOS], zero states,
+    zero step input), and the states change continuously with s_G. ``visual_dim=None`` is RIVA(text).
     The state after reading w_k is token k's embedding in each direction (§4.2), and the state before
     w_k predicts it (next word prediction).
     """
 
-    def __init__(self, input_dim: int, visual_dim: int, hidden_size: int, num_layers: int,
-                 vocab_size: int, cutoffs: Sequence[int], div_value: float, dropout: float) -> None:
+    def __init__(self, input_dim: int, visual_dim: int | None, hidden_size: int, num_layers: int,
+                 vocab_size: int, cutoffs: Sequence[int], div_value: float, dropout: float,
+                 visual: str = "step", step_dim: int = 32) -> None:
         super().__init__()
-        self.visual_proj = nn.Sequential(nn.Linear(visual_dim, input_dim), nn.GELU())
+        self.visual = visual if visual_dim is not None else None
+        self.num_layers, self.hidden_size = num_layers, hidden_size
         self.bos = nn.Parameter(torch.randn(input_dim) * 0.1)
         self.eos = nn.Parameter(torch.randn(input_dim) * 0.1)
+        self.step_dim = step_dim if self.visual == "step" else 0
+        if self.visual == "paper":
+            self.visual_proj = nn.Sequential(nn.Linear(visual_dim, input_dim), nn.GELU())
+        elif self.visual is not None:
+            # v_c standardised per feature over images: its projections have no constant part that the LM
+            # could use as a bias (which drives tanh into saturation, the same for every image)
+            self.visual_norm = FeatureStandardizer(visual_dim)
+            self.visual_start = nn.Linear(visual_dim, input_dim)
+            if self.visual == "state":
+                self.visual_state = nn.Linear(visual_dim, 2 * num_layers * hidden_size)
+            if self.visual == "step":
+                self.visual_step = nn.Linear(visual_dim, step_dim)
         lstm_dropout = dropout if num_layers > 1 else 0.0
-        self.forward_lm = nn.LSTM(input_dim, hidden_size, num_layers=num_layers, batch_first=True,
-                                  dropout=lstm_dropout)
-        self.backward_lm = nn.LSTM(input_dim, hidden_size, num_layers=num_layers, batch_first=True,
+        lm_input = input_dim + self.step_dim
+        self.forward_lm = nn.LSTM(lm_input, hidden_size, num_layers=num_layers, batch_first=True, dropout=lstm_dropout)
+        self.backward_lm = nn.LSTM(lm_input, hidden_size, num_layers=num_layers, batch_first=True,
                                    dropout=lstm_dropout)
         self.dropout = nn.Dropout(dropout)
         usable = [c for c in cutoffs if 0 < c < vocab_size - 1] or [max(1, (vocab_size - 1) // 2)]
@@ -146,26 +221,53 @@ class VLCN(nn.Module):
         # over a large vocabulary is the pretraining hot spot.
         self.output = nn.AdaptiveLogSoftmaxWithLoss(hidden_size, vocab_size, cutoffs=usable, div_value=div_value)
 
-    def start_vectors(self, v_c_gated: torch.Tensor | None, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """First inputs of the forward and backward LMs: FC+GELU(v_c^G) for both, or learned [BOS]/[EOS]."""
-        if v_c_gated is None:
-            return self.bos.expand(batch_size, -1), self.eos.expand(batch_size, -1)
-        start = self.visual_proj(v_c_gated)
-        return start, start
+    def visual_inputs(self, v_c: torch.Tensor | None, s_g: torch.Tensor | None, batch_size: int,
+                      like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple | None, torch.Tensor | None]:
+        """``(start_fwd, start_bwd, initial_states or None, step_input or None)`` for a batch.
 
-    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, v_c_gated: torch.Tensor | None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Run both LMs over (B, T, D) token inputs.
+        ``v_c`` (B, d_v) and ``s_g`` (B,) are None for a batch without images (the same as s_G = 0)."""
+        bos, eos = self.bos.expand(batch_size, -1), self.eos.expand(batch_size, -1)
+        if self.visual is None or (v_c is None and self.visual == "paper"):
+            return bos, eos, None, None
+        if v_c is None:
+            v_c = like.new_zeros(batch_size, self.visual_start.in_features if self.visual != "paper"
+                                 else self.visual_proj[0].in_features)
+            s_g = like.new_zeros(batch_size)
+        gate = s_g.to(v_c.dtype)[:, None]
+        if self.visual == "paper":
+            start = self.visual_proj(gate * v_c)  # §3.3 as written: FC+GELU(s_G · v_c) replaces [BOS]/[EOS]
+            return start, start, None, None
+        v_c = self.visual_norm(v_c, v_c.detach().abs().sum(dim=-1) > 0)  # rows without an image are zeros
+        visual_start = gate * torch.tanh(self.visual_start(v_c))
+        states = step = None
+        if self.visual == "state":
+            h_c = (gate * torch.tanh(self.visual_state(v_c))).view(batch_size, 2, self.num_layers, self.hidden_size)
+            states = (h_c[:, 0].transpose(0, 1).contiguous(), h_c[:, 1].transpose(0, 1).contiguous())
+        elif self.visual == "step":
+            step = gate * torch.tanh(self.visual_step(v_c))
+        return bos + visual_start, eos + visual_start, states, step
+
+    def _run(self, lstm: nn.LSTM, first: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor,
+             states: tuple | None, step: torch.Tensor | None) -> torch.Tensor:
+        x = torch.cat([first[:, None], tokens], dim=1)
+        if step is not None:
+            x = torch.cat([x, step[:, None].expand(-1, x.shape[1], -1)], dim=-1)
+        packed = pack_padded_sequence(x, (lengths + 1).cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = lstm(packed, states) if states is not None else lstm(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        return out
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, v_c: torch.Tensor | None = None,
+                s_g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run both LMs over (B, T, D) token inputs with the visual context v_c (B, d_v) gated by s_G (B,).
 
         Returns ``(token_states, fwd_pred, bwd_pred)``: the (B, T, 2H) per-token [h_fwd; h_bwd] in
         input order, and the (B, T, H) states that predict w_1..w_T (forward) and w_T..w_1 (backward).
         """
         b = tokens.shape[0]
-        start_f, start_b = self.start_vectors(v_c_gated, b)
-        lengths1 = lengths + 1
-        fwd, _ = run_lstm(self.forward_lm, torch.cat([start_f[:, None], tokens], dim=1), lengths1)
-        bwd, _ = run_lstm(self.backward_lm,
-                          torch.cat([start_b[:, None], reverse_padded(tokens, lengths)], dim=1), lengths1)
+        start_f, start_b, states, step = self.visual_inputs(v_c, s_g, b, tokens)
+        fwd = self._run(self.forward_lm, start_f, tokens, lengths, states, step)
+        bwd = self._run(self.backward_lm, start_b, reverse_padded(tokens, lengths), lengths, states, step)
         # fwd[:, k] read w_k (k >= 1); bwd[:, j] read w_{T+1-j}: un-reverse to align with the tokens.
         token_states = torch.cat([fwd[:, 1:], reverse_padded(bwd[:, 1:], lengths)], dim=-1)
         return token_states, fwd[:, :-1], bwd[:, :-1]
@@ -207,10 +309,11 @@ class RivaModel(nn.Module):
         self.token_encoder = TokenEncoder(len(vocab), vocab.num_chars, c.word_dim, c.char_dim,
                                           c.char_hidden_size, c.freeze_word_vectors)
         d_in = self.token_encoder.output_dim
-        self.rgn = RGN(d_in, c.rgn_hidden_size, c.rgn_layers, c.visual_dim, c.dropout)
-        self.vcn = VCN(c.text_dim, c.visual_dim, c.num_heads)
-        self.vlcn = VLCN(d_in, c.visual_dim, c.vlcn_hidden_size, c.vlcn_layers, len(vocab),
-                         c.adaptive_softmax_cutoffs, c.adaptive_softmax_div_value, c.dropout)
+        self.rgn = RGN(d_in, c.rgn_hidden_size, c.rgn_layers, c.visual_dim, c.dropout, c.visual_norm)
+        self.vcn = VCN(c.text_dim, c.visual_dim, c.num_heads, c.visual_norm)
+        self.vlcn = VLCN(d_in, c.visual_dim if c.use_image or c.vlcn_visual == "paper" else None,
+                         c.vlcn_hidden_size, c.vlcn_layers, len(vocab), c.adaptive_softmax_cutoffs,
+                         c.adaptive_softmax_div_value, c.dropout, c.vlcn_visual, c.visual_step_dim)
         self.backbone = RegionExtractor(c.backbone, weights=backbone_weights) if c.use_image else None
         self.input_dropout = nn.Dropout(c.dropout)
 
@@ -302,25 +405,35 @@ class RivaModel(nn.Module):
             raise RuntimeError("RIVA(text) (use_image=False) has no RGN")
         visual = self._check_visual(text, visual)
         f_t = self.rgn.text_vector(self.token_inputs(text), text.lengths)
-        return self.rgn.classify(f_t, visual.pooled)
+        return self.rgn.classify(f_t, visual.pooled, visual.has_image)
 
-    def forward(self, text: TextBatch, visual: VisualFeatures | None = None) -> RivaOutput:
-        """The full model of Figure 2 on a batch: RGN -> s_G, VCN -> v_c, VLCN on v_c^G = s_G · v_c."""
+    def forward(self, text: TextBatch, visual: VisualFeatures | None = None,
+                s_g_override: torch.Tensor | None = None) -> RivaOutput:
+        """The full model of Figure 2 on a batch: RGN -> s_G, VCN -> v_c, VLCN on v_c^G = s_G · v_c.
+
+        ``s_g_override`` (B,) replaces the RGN's s_G (a control: s_G forced to 0 or 1); items without an
+        image keep s_G = 0."""
         tokens = self.token_inputs(text)
         b = tokens.shape[0]
         if not self.config.use_image:
-            token_states, fwd, bwd = self.vlcn(tokens, text.lengths, None)
+            token_states, fwd, bwd = self.vlcn(tokens, text.lengths)
             return RivaOutput(tokens.new_zeros(b), None, None, None, token_states, fwd, bwd)
         if visual is None:
             raise ValueError("this RIVA model uses images: pass VisualFeatures (has_image=False rows for none)")
         visual = self._check_visual(text, visual)
         f_t = self.rgn.text_vector(tokens, text.lengths)
-        logits = self.rgn.classify(f_t, visual.pooled)
+        logits = self.rgn.classify(f_t, visual.pooled, visual.has_image)
         has_image = visual.has_image.to(tokens.dtype)
         p_adds = logits.softmax(dim=-1)[:, 1]
         s_g = (p_adds if self.config.gate else torch.ones_like(p_adds)) * has_image
-        v_c, attention = self.vcn(f_t, visual.regions)
-        token_states, fwd, bwd = self.vlcn(tokens, text.lengths, s_g[:, None] * v_c)
+        if s_g_override is not None:
+            s_g = s_g_override.to(s_g) * has_image
+        v_c, attention = self.vcn(f_t, visual.regions, visual.has_image)
+        s_g_lm = s_g
+        if self.training and self.config.gate_dropout > 0:
+            # the no-image input (s_G = 0) is trained in every epoch (RivaConfig.gate_dropout)
+            s_g_lm = s_g * (torch.rand_like(s_g) >= self.config.gate_dropout).to(s_g.dtype)
+        token_states, fwd, bwd = self.vlcn(tokens, text.lengths, v_c, s_g_lm)
         return RivaOutput(s_g, logits, attention, v_c, token_states, fwd, bwd)
 
     # -- losses --------------------------------------------------------------------------------------
@@ -349,11 +462,11 @@ class RivaModel(nn.Module):
         return total / max(count, 1)
 
     # -- embedding -----------------------------------------------------------------------------------
-    def embed(self, token_lists: Sequence[Sequence[str]], visual: VisualFeatures | None = None
-              ) -> tuple[list[torch.Tensor], RivaOutput]:
+    def embed(self, token_lists: Sequence[Sequence[str]], visual: VisualFeatures | None = None,
+              s_g_override: torch.Tensor | None = None) -> tuple[list[torch.Tensor], RivaOutput]:
         """Per-token [h_fwd; h_bwd] (§4.2) for each text, each (T_i, 2H), plus the full output."""
         text = self.encode(token_lists)
-        out = self(text, visual)
+        out = self(text, visual, s_g_override)
         return [out.token_states[i, : len(t)] for i, t in enumerate(token_lists)], out
 
     # -- persistence ---------------------------------------------------------------------------------

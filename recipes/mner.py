@@ -85,6 +85,14 @@ class ExperimentArgs:
     batch_size: int = 8
     hidden_sizes: dict[str, int] = field(default_factory=lambda: {"text": 256, "riva": 512, "bert": 1024})
     image_backbone_weights: str | None = None
+    relation_truth: dict[str, int] | None = None
+    """image_id -> 1/0 (image adds or not), when known (the demo world): the test split of Table 6 then
+    uses it instead of the RGN's call (s_G >= 0.5)."""
+    dropout: float = 0.0
+    word_dropout: float = 0.05
+    locked_dropout: float = 0.5
+    """The biLSTM-CRF's dropouts: Flair's SequenceTagger defaults (locked 0.5 on the stacked embeddings and
+    the biLSTM output, word dropout 0.05, no plain dropout on top), the same for every configuration."""
 
 
 # -- corpus helpers ------------------------------------------------------------------------------------
@@ -264,7 +272,8 @@ def train_one(config: str, seed: int, args: ExperimentArgs, relevance: list[floa
                         [with_image_token(s) for s in corpus.test], name=corpus.name, sample_missing_splits=False)
     tag_dictionary = corpus.make_label_dictionary("ner", add_unk=False)
     tagger = SequenceTagger(hidden_size=hidden, embeddings=StackedEmbeddings(embeddings), tag_dictionary=tag_dictionary,
-                            tag_type="ner", use_crf=True, use_rnn=True, rnn_layers=1, dropout=0.5)
+                            tag_type="ner", use_crf=True, use_rnn=True, rnn_layers=1, dropout=args.dropout,
+                            word_dropout=args.word_dropout, locked_dropout=args.locked_dropout)
     start = time.time()
     ModelTrainer(tagger, corpus).train(
         run_dir, learning_rate=args.learning_rate, mini_batch_size=args.batch_size, max_epochs=args.epochs,
@@ -288,8 +297,11 @@ def train_one(config: str, seed: int, args: ExperimentArgs, relevance: list[floa
         if [len(g) for g in gold] != [len(p) for p in pred]:
             raise RuntimeError(f"{split}: gold tags of the file do not align with the corpus sentences")
         row[f"{split}_f1_strict"] = strict_f1(gold, pred)
-        if split == "test" and relevance is not None:  # Table 6: split by the RGN's relation call
-            for subset, keep in (("adds", [r >= 0.5 for r in relevance]), ("not_adds", [r < 0.5 for r in relevance])):
+        if split == "test" and relevance is not None:  # Table 6: split by the RGN's relation call (or the truth)
+            adds = [r >= 0.5 for r in relevance]
+            if args.relation_truth is not None:
+                adds = [args.relation_truth.get(s.get_metadata("image_id")) == 1 for s in sentences]
+            for subset, keep in (("adds", adds), ("not_adds", [not a for a in adds])):
                 chosen = [s for s, k in zip(sentences, keep) if k]
                 row[f"test_{subset}_n"] = len(chosen)
                 row[f"test_{subset}_f1"] = (100 * tagger.evaluate(chosen, gold_label_type="ner").main_score
@@ -339,12 +351,16 @@ def write_results(rows: list[dict], args: ExperimentArgs, skipped: dict[str, str
     main_cols = [("dev F1", "dev_f1"), ("test F1 (conlleval, as Flair)", "test_f1"),
                  ("test F1 (seqeval strict IOB2)", "test_f1_strict")]
     lines = [f"# {args.name}: multimodal NER with flair-riva", "",
-             f"Seeds: {args.seeds}; epochs: {args.epochs}; F1 in %, mean ± std over seeds; model selection on dev.",
+             f"Seeds: {args.seeds}; epochs: {args.epochs}; F1 in %, mean ± std over seeds; model selection on dev. "
+             f"biLSTM hidden sizes {args.hidden_sizes}; dropout {args.dropout}, word dropout {args.word_dropout}, "
+             f"locked dropout {args.locked_dropout} (every configuration).",
              "Tweets with an image file: " + ", ".join(f"{k} {a}/{b}" for k, (a, b) in coverage.items()) + ".", ""]
     lines += table("Table 4", TABLE4, main_cols)
     if any(r["config"] in TABLE5 for r in rows):
         lines += table("Table 5", ["+RIVA(image+text)"] + TABLE5, main_cols)
-    lines += table("Table 6 (test split by the RGN: s_G >= 0.5 is \"image adds\")", TABLE6,
+    split_by = ("the ground truth of the relation" if args.relation_truth is not None
+                else "the RGN: s_G >= 0.5 is \"image adds\"")
+    lines += table(f"Table 6 (test split by {split_by})", TABLE4 + ["-RGN"],
                    [("image adds", "test_adds_f1"), ("image doesn't add", "test_not_adds_f1"), ("overall", "test_f1")])
     if skipped:
         lines += ["Skipped: " + "; ".join(f"{c} ({why})" for c, why in skipped.items()), ""]
@@ -353,16 +369,17 @@ def write_results(rows: list[dict], args: ExperimentArgs, skipped: dict[str, str
     return text
 
 
-def run_experiments(args: ExperimentArgs) -> tuple[list[dict], str]:
-    """Every configuration × seed; returns the rows and the markdown tables."""
+def run_experiments(args: ExperimentArgs, relevance: list[float] | None = None) -> tuple[list[dict], str]:
+    """Every configuration × seed; returns the rows and the markdown tables. ``relevance``: the RGN's s_G
+    of every test tweet, when the caller has it already (else computed here)."""
     args.output.mkdir(parents=True, exist_ok=True)
     coverage = image_coverage(args.corpus)
     for split, (have, total) in coverage.items():
         log.info("%s %s: %d of %d tweets have an image file; the others are embedded text-only", args.name, split,
                  have, total)
-    relevance = None
-    if args.riva is not None and any(c in args.configs for c in TABLE6 + TABLE4):
-        relevance = relevance_of(list(args.corpus.test), args.riva, args.feature_cache)
+    if relevance is None and (args.riva is not None or args.relation_truth is not None) and any(c in args.configs for c in TABLE6 + TABLE4):
+        relevance = (relevance_of(list(args.corpus.test), args.riva, args.feature_cache) if args.riva is not None
+                     else [0.0] * len(args.corpus.test))
     rows, skipped = [], {}
     for config in args.configs:
         for seed in range(1, args.seeds + 1):

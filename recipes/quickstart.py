@@ -2,23 +2,31 @@
 
 1. generate the demo world (flair_riva.demo);
 2. pretrain three RIVA models with ``python -m flair_riva.pretrain`` (teacher, pseudo-labels,
-   Algorithm 1): RIVA (image+text), RIVA(text) (``--no-image``) and -RGN (``--no-gate``);
-3. train Flair's biLSTM-CRF on the demo MNER corpus for: text; + RIVA(text); + RIVA(image+text); -RGN;
-4. print the F1 table, the mean s_G on related vs unrelated test tweets (the gate opens for
-   related images and closes for unrelated ones), and draw one Table 7 figure.
+   Algorithm 1): RIVA (image+text), RIVA(text) (``--no-image``) and -RGN (``--no-gate``), two at a time;
+3. the evidence that the image is used: each model's image gain and gate separation on its held-out
+   pairs (``metrics.tsv``), the entity-type probe on frozen vectors (``python -m flair_riva.probe``: own,
+   shuffled and no images), and the mean s_G on test tweets whose image adds or not;
+4. train Flair's biLSTM-CRF on the demo MNER corpus for: text; image+text (the ``[IMG]`` baseline);
+   + RIVA(text); + RIVA(image+text); -RGN (two at a time), and print the F1 table, with the test
+   tweets split by whether their image adds (the demo world's ground truth);
+5. draw one Table 7 figure.
 
-Usage: ``python recipes/quickstart.py [--output runs/quickstart] [--epochs 10] [--pretrain-epochs N]``
+Usage: ``python recipes/quickstart.py [--output runs/quickstart] [--seeds 1] [--jobs 2]``
+(``recipes/demo_seeds.py`` runs the same with 3 seeds.)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import torch
@@ -29,78 +37,156 @@ import mner  # noqa: E402
 
 from flair_riva.datasets import TwitterMNERCorpus  # noqa: E402
 from flair_riva.demo import default_demo_root, generate_demo_world  # noqa: E402
+from flair_riva.pretrain.state import read_metrics  # noqa: E402
 
 log = logging.getLogger("flair")
 
-
 #: Pretraining settings of the quickstart: the demo world is small, so the RGN and VLCN are smaller than
-#: Table 2's (which overfit 432 labelled pairs and take three times longer); see the README.
-QUICK_MODEL = ["--rgn-hidden-size", "64", "--rgn-layers", "1", "--vlcn-hidden-size", "128", "--vlcn-layers", "1",
-               "--teacher-epochs", "10"]
+#: Table 2's (which overfit the labelled demo pairs and take three times longer); see the README.
+QUICK_MODEL = ["--rgn-hidden-size", "64", "--rgn-layers", "1", "--vlcn-hidden-size", "128", "--vlcn-layers", "1"]
+MODELS = {"riva": [], "riva-text": ["--no-image"], "riva-nogate": ["--no-gate"]}
+CONFIGS = ["text", "image+text", "+RIVA(text)", "+RIVA(image+text)", "-RGN"]
 
 
-def pretrain(world, output: Path, extra: list[str], epochs: int | None) -> Path:
-    """Run the standalone pretrainer on the demo world; returns the model after the last epoch (final/).
+def _run_all(commands: list[list[str]], jobs: int) -> None:
+    """Run commands, ``jobs`` at a time (each single-threaded); fail if any fails."""
+    running: list[tuple[list[str], subprocess.Popen]] = []
+    pending = list(commands)
+    while pending or running:
+        while pending and len(running) < jobs:
+            cmd = pending.pop(0)
+            log.info("running: %s", " ".join(cmd))
+            running.append((cmd, subprocess.Popen(cmd)))
+        time.sleep(0.5)
+        for item in list(running):
+            cmd, proc = item
+            if proc.poll() is not None:
+                running.remove(item)
+                if proc.returncode != 0:
+                    for _, other in running:
+                        other.kill()
+                    raise subprocess.CalledProcessError(proc.returncode, cmd)
 
-    ``best/`` is chosen by relation F1 on a dev part of 48 labelled pairs, too few to choose an LM by:
-    on the demo world it often picks epoch 1, whose language model has barely started to learn."""
-    if (output / "final" / "config.json").exists():
-        log.info("reusing %s", output / "final")
-        return output / "final"
-    cmd = [sys.executable, "-m", "flair_riva.pretrain", "--demo-dir", str(world.root), "--output", str(output),
-           "--freeze-backbone", "--backbone-weights", "none", "--feature-cache", str(world.root / "feature-cache"),
-           "--overwrite", "--no-progress"] + QUICK_MODEL + extra
-    if epochs is not None:
-        cmd += ["--epochs", str(epochs)]
-    log.info("running: %s", " ".join(cmd))
-    subprocess.run(cmd, check=True)
-    return output / "final"
+
+def pretrain_commands(world, output: Path, epochs: int, teacher_epochs: int) -> list[list[str]]:
+    """``python -m flair_riva.pretrain`` on the demo world for each model not yet finished."""
+    commands = []
+    for name, extra in MODELS.items():
+        if (output / name / "final" / "config.json").exists():
+            log.info("reusing %s", output / name / "final")
+            continue
+        commands.append([sys.executable, "-m", "flair_riva.pretrain", "--demo-dir", str(world.root),
+                         "--output", str(output / name), "--freeze-backbone", "--backbone-weights", "none",
+                         "--feature-cache", str(world.root / "feature-cache"), "--overwrite", "--no-progress",
+                         "--epochs", str(epochs), "--teacher-epochs", str(teacher_epochs)] + QUICK_MODEL + extra)
+    return commands
+
+
+def probe_commands(world, output: Path) -> list[list[str]]:
+    return [[sys.executable, "-m", "flair_riva.probe", "--model", str(output / name / "final"),
+             "--corpus", str(world.ner_dir), "--feature-cache", str(world.root / "feature-cache"),
+             "--relation-truth", str(world.relation_truth_file), "--output", str(output / name / "probe.json")]
+            for name in MODELS]
+
+
+def _tagger_job(config: str, seed: int, settings: dict) -> dict:
+    """One tagger in a worker process (spawned: the corpus is read again there)."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    exp = experiment_args(settings)
+    return mner.train_one(config, seed, exp, settings["relevance"])
+
+
+def experiment_args(settings: dict) -> mner.ExperimentArgs:
+    world_root = Path(settings["world"])
+    corpus = TwitterMNERCorpus(world_root / "ner", image_dir=world_root / "ner" / "images", name="demo-world")
+    gold = {split: mner.read_gold_tags(world_root / "ner" / f"{split}.txt") for split in ("dev", "test")}
+    truth = {row.split("\t")[0]: int(row.split("\t")[1])
+             for row in (world_root / "ner" / "relation_truth.tsv").read_text(encoding="utf-8").splitlines()[1:]
+             if row.strip()}
+    models = Path(settings["models"])
+    return mner.ExperimentArgs(
+        corpus=corpus, name="demo world", output=Path(settings["output"]), gold_tags=gold,
+        riva=models / "riva" / "final", riva_text=models / "riva-text" / "final",
+        riva_nogate=models / "riva-nogate" / "final", feature_cache=world_root / "feature-cache",
+        configs=list(settings["configs"]), seeds=settings["seeds"], epochs=settings["epochs"], learning_rate=0.1,
+        batch_size=settings["batch_size"], hidden_sizes={"text": 128, "riva": 128, "bert": 128},
+        relation_truth=truth,
+    )
+
+
+def pretraining_evidence(output: Path) -> str:
+    """Image gain, gate separation and Table 3's relation F1 of each model (last epoch of metrics.tsv)."""
+    lines = ["| model | held-out perplexity | image gain (nats/token) | gate separation | relation test F1: "
+             "teacher / after pseudo pass / after fine-tuning |", "|---|---:|---:|---:|---|"]
+    for name in MODELS:
+        rows = read_metrics(output / name / "metrics.tsv")
+        last = rows[-1]
+        lines.append(f"| {name} | {float(last['HELDOUT_PPL']):.2f} | {last['IMAGE_GAIN']} | {last['GATE_SEPARATION']} | "
+                     f"{last['TEACHER_TEST_F1']} / {last['PSEUDO_TEST_F1']} / {last['FINETUNED_TEST_F1']} |")
+    return "\n".join(lines)
+
+
+def probe_table(output: Path) -> str:
+    """One row per model and condition: accuracy on related text-ambiguous dev entities and on all."""
+    lines = ["| vectors | dev entities, all | text-ambiguous, image adds | text-ambiguous, image doesn't add |",
+             "|---|---:|---:|---:|"]
+    for name in MODELS:
+        report = json.loads((output / name / "probe.json").read_text(encoding="utf-8"))
+        for condition, acc in report["accuracy"].items():
+            cells = [acc.get(k) for k in ("all", "image adds, text-ambiguous", "image doesn't add, text-ambiguous")]
+            lines.append(f"| {name}, {condition} images | " + " | ".join(
+                "–" if c is None else f"{100 * c:.1f}" for c in cells) + " |")
+    report = json.loads((output / "riva" / "probe.json").read_text(encoding="utf-8"))
+    chance = report["chance"]
+    lines.append("| chance (most frequent type) | " + " | ".join(
+        f"{100 * chance[k]:.1f}" if k in chance else "–"
+        for k in ("all", "image adds, text-ambiguous", "image doesn't add, text-ambiguous")) + " |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=Path("runs/quickstart"))
     parser.add_argument("--demo-dir", type=Path, default=None)
-    parser.add_argument("--epochs", type=int, default=12, help="biLSTM-CRF epochs")
+    parser.add_argument("--epochs", type=int, default=10, help="biLSTM-CRF epochs")
     parser.add_argument("--batch-size", type=int, default=16, help="biLSTM-CRF mini-batch")
-    parser.add_argument("--pretrain-epochs", type=int, default=3, help="epochs of Algorithm 1")
+    parser.add_argument("--pretrain-epochs", type=int, default=4, help="epochs of Algorithm 1")
+    parser.add_argument("--teacher-epochs", type=int, default=12)
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--jobs", type=int, default=2, help="processes at a time (one thread each)")
+    parser.add_argument("--configs", nargs="+", default=CONFIGS, choices=CONFIGS)
     args = parser.parse_args(argv)
-    # one intra-op thread is faster than two for these small LSTMs on 2 cores (measured here: 7 min 48 s with
-    # one thread beside another job, 9 min 10 s with two threads alone)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the pretraining subprocesses
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    # one intra-op thread per process: faster than two for these small LSTMs, and two processes use both cores
+    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the subprocesses
+    torch.set_num_threads(1)
     start = time.time()
+    output = args.output.resolve()
     world = generate_demo_world(args.demo_dir or default_demo_root())
-    models = {
-        "riva": pretrain(world, args.output / "riva", [], args.pretrain_epochs),
-        "riva_text": pretrain(world, args.output / "riva-text", ["--no-image"], args.pretrain_epochs),
-        "riva_nogate": pretrain(world, args.output / "riva-nogate", ["--no-gate"], args.pretrain_epochs),
-    }
+    _run_all(pretrain_commands(world, output, args.pretrain_epochs, args.teacher_epochs), args.jobs)
     pretrain_seconds = time.time() - start
+    _run_all(probe_commands(world, output), args.jobs)
 
-    corpus = TwitterMNERCorpus(world.ner_dir, image_dir=world.ner_image_dir, name="demo-world")
-    gold = {split: mner.read_gold_tags(world.ner_dir / f"{split}.txt") for split in ("dev", "test")}
-    exp = mner.ExperimentArgs(
-        corpus=corpus, name="demo world", output=args.output / "ner", gold_tags=gold,
-        riva=models["riva"], riva_text=models["riva_text"], riva_nogate=models["riva_nogate"],
-        feature_cache=world.root / "feature-cache", configs=["text", "+RIVA(text)", "+RIVA(image+text)", "-RGN"],
-        seeds=args.seeds, epochs=args.epochs, learning_rate=0.1, batch_size=args.batch_size,
-        hidden_sizes={"text": 128, "riva": 128, "bert": 128},
-    )
-    rows, table = mner.run_experiments(exp)
-
-    # the gate: mean s_G of the RGN on test tweets whose image adds (ground truth of the demo world) or not
-    truth_rows = [line.split("\t") for line in world.relation_truth_file.read_text(encoding="utf-8").splitlines()[1:]]
-    truth = {row[0]: row[1] for row in truth_rows}
-    test = list(corpus.test)
-    relevance = mner.relevance_of(test, models["riva"], world.root / "feature-cache")
-    related = [r for s, r in zip(test, relevance) if truth.get(s.get_metadata("image_id")) == "1"]
-    unrelated = [r for s, r in zip(test, relevance) if truth.get(s.get_metadata("image_id")) == "0"]
+    settings = {"world": str(world.root), "models": str(output), "output": str(output / "ner"),
+                "configs": args.configs, "seeds": args.seeds, "epochs": args.epochs, "batch_size": args.batch_size}
+    exp = experiment_args(settings)
+    test = list(exp.corpus.test)
+    relevance = mner.relevance_of(test, exp.riva, exp.feature_cache)
+    settings["relevance"] = relevance
+    truth = exp.relation_truth
+    related = [r for s, r in zip(test, relevance) if truth.get(s.get_metadata("image_id")) == 1]
+    unrelated = [r for s, r in zip(test, relevance) if truth.get(s.get_metadata("image_id")) == 0]
     gate = (f"mean s_G on test tweets whose image adds: {statistics.mean(related):.3f} (n={len(related)}); "
-            f"whose image doesn't add: {statistics.mean(unrelated):.3f} (n={len(unrelated)})")
+            f"whose image doesn't add: {statistics.mean(unrelated):.3f} (n={len(unrelated)}); "
+            f"difference {statistics.mean(related) - statistics.mean(unrelated):.3f}")
 
-    figure = args.output / "table7.png"
+    jobs = [(config, seed) for config in args.configs for seed in range(1, args.seeds + 1)]
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_tagger_job, config, seed, settings) for config, seed in jobs]
+        rows = [f.result() for f in futures]
+    table = mner.write_results(rows, exp, {}, mner.image_coverage(exp.corpus))
+
+    figure = output / "table7.png"
     try:
         from flair.models import SequenceTagger
 
@@ -108,18 +194,21 @@ def main(argv: list[str] | None = None) -> int:
 
         model_file = next(r["model"] for r in rows if r["config"] == "+RIVA(image+text)")
         tagger = SequenceTagger.load(model_file)
-        sentence = next(s for s in test if truth.get(s.get_metadata("image_id")) == "1")
-        sentence.clear_embeddings()  # vectors (and s_G) stored by earlier configurations' runs
+        sentence = next(s for s in test if truth.get(s.get_metadata("image_id")) == 1)
+        sentence.clear_embeddings()
         tagger.predict(sentence, label_name="predicted")  # also sets riva_relevance / riva_attention
         draw_table7(sentence, figure)
     except Exception as exc:  # the figure is a bonus: report, don't fail the quickstart
         log.warning("could not draw the Table 7 figure: %s", exc)
 
-    print(table)
-    print(gate)
+    evidence = pretraining_evidence(output)
+    probe = probe_table(output)
+    summary = (f"## Pretraining (held-out pairs)\n\n{evidence}\n\n## Entity-type probe on frozen vectors "
+               f"(dev accuracy, %)\n\n{probe}\n\n## The gate\n\n{gate}\n\n{table}\n")
+    print(summary)
     print(f"Table 7 figure: {figure}")
     print(f"pretraining {pretrain_seconds:.0f} s, total {time.time() - start:.0f} s")
-    (args.output / "quickstart.md").write_text(f"{table}\n{gate}\n", encoding="utf-8")
+    (output / "quickstart.md").write_text(summary, encoding="utf-8")
     return 0
 
 

@@ -236,3 +236,100 @@ def test_a_few_hundred_steps_on_the_demo_world_lower_both_losses(tiny_config, tm
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     assert mean(task1[last]) < 0.8 * mean(task1[first]), (mean(task1[first]), mean(task1[last]))
     assert mean(task2[last]) < 0.8 * mean(task2[first]), (mean(task2[first]), mean(task2[last]))
+
+
+# -- the image path (issue: the image never reached the token vectors) --------------------------------------
+
+def test_token_states_change_with_s_g_continuously_and_equal_no_image_at_zero(model, tiny_token_lists):
+    text = model.encode(tiny_token_lists)
+    visual = random_visual(len(tiny_token_lists))
+    b = len(tiny_token_lists)
+    with torch.no_grad():
+        states = {g: model(text, visual, s_g_override=torch.full((b,), g)).token_states for g in (0.0, 0.5, 0.501, 1.0)}
+        no_image, _, _ = model.vlcn(model.token_inputs(text), text.lengths)
+    assert torch.allclose(states[0.0], no_image, atol=1e-6), "s_G = 0 must be exactly the no-image LM"
+    far = (states[1.0] - states[0.0]).abs().max()
+    near = (states[0.501] - states[0.5]).abs().max()
+    assert far > 1e-2, "the image must reach the token states when the gate is open"
+    assert near < far / 20, "the states must change continuously with s_G"
+
+
+def test_paper_mode_is_kept_as_written(tiny_config, tiny_vocab, tiny_token_lists):
+    """vlcn_visual="paper" (0.1.0): FC+GELU(s_G · v_c) replaces [BOS]/[EOS]; 0.1.0 configs load as it."""
+    torch.manual_seed(0)
+    model = RivaModel(tiny_config.replace(vlcn_visual="paper", visual_norm="layer"), tiny_vocab).eval()
+    assert hasattr(model.vlcn, "visual_proj") and isinstance(model.rgn.visual_norm, torch.nn.LayerNorm)
+    legacy = {k: v for k, v in tiny_config.to_dict().items() if k not in ("vlcn_visual", "visual_norm", "gate_dropout")}
+    assert RivaConfig.from_dict(legacy).vlcn_visual == "paper"
+    out = model(model.encode(tiny_token_lists), random_visual(len(tiny_token_lists)))
+    assert out.token_states.shape[-1] == tiny_config.embedding_length
+
+
+def _type_world(n: int, seed: int, num_types: int = 3):
+    """A small world built so the image *can* matter: the word after an ambiguous name names what the
+    image shows (one of ``num_types`` kinds), and nothing in the text tells which. Region features
+    share a large component (as random-init ResNet features do) plus a small kind-specific direction."""
+    gen = torch.Generator().manual_seed(seed)
+    rng = __import__("random").Random(seed)
+    shared = torch.rand(1, 49, 512, generator=torch.Generator().manual_seed(99)) * 4
+    kinds = torch.rand(num_types, 1, 512, generator=torch.Generator().manual_seed(98))
+    shown = [[f"shown{c}x", f"shown{c}y"] for c in "abcdefgh"[:num_types]]  # no digits: they normalise to 0
+    texts, regions, types = [], [], []
+    for _ in range(n):
+        k = rng.randrange(num_types)
+        texts.append([rng.choice(["look", "so", "pic"]), rng.choice(["at", "of"]), rng.choice(["jordan", "paris"]),
+                      rng.choice(shown[k]), rng.choice(["today", "again", "!"])])
+        regions.append(shared[0] + 0.5 * kinds[k, 0] + 0.3 * torch.rand(49, 512, generator=gen))
+        types.append(k)
+    return texts, torch.stack(regions), torch.tensor(types)
+
+
+def _visual(regions: torch.Tensor):
+    from flair_riva.vision import VisualFeatures
+
+    b = regions.shape[0]
+    return VisualFeatures(regions, regions.mean(dim=1), torch.ones(b, dtype=torch.bool), [None] * b)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_trained_tiny_model_uses_the_image_without_saturating(tiny_config, seed):
+    """Trained on a world where the image predicts a word, the LM's loss with shuffled images is clearly
+    above the loss with own images (image gain), the first LSTM step does not saturate, and a probe reads
+    the kind off the state at the ambiguous name (forward LM: before the image-predicted word)."""
+    from flair_riva.probe import fit_logistic_regression, predict
+    from flair_riva.text import Vocabulary
+
+    texts, regions, kinds = _type_world(384, seed)
+    vocab = Vocabulary.build(texts, max_size=100, min_count=1)
+    torch.manual_seed(seed)
+    model = RivaModel(tiny_config.replace(dropout=0.1), vocab)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    labels = torch.ones(len(texts), dtype=torch.long)
+    for step in range(120):
+        idx = torch.randint(0, 320, (32,), generator=torch.Generator().manual_seed(step))
+        text = model.encode([texts[i] for i in idx])
+        out = model.train()(text, _visual(regions[idx]))
+        loss = model.relation_loss(out.relation_logits, labels[idx]) + model.lm_loss(out, text)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    held = list(range(320, 384))
+    text = model.encode([texts[i] for i in held])
+    with torch.no_grad():
+        own = model(text, _visual(regions[held]))
+        shuffled = model(text, _visual(regions[torch.tensor(held).roll(1)]))
+        gain = float(model.lm_loss(shuffled, text) - model.lm_loss(own, text))
+        # first step of the forward LM: gate pre-activations W_ih x_0 + b
+        start, _, _, step_input = model.vlcn.visual_inputs(own.v_c, own.s_g, len(held), own.v_c)
+        x0 = torch.cat([start, step_input], dim=-1) if step_input is not None else start
+        pre = x0 @ model.vlcn.forward_lm.weight_ih_l0.T + model.vlcn.forward_lm.bias_ih_l0
+    assert gain > 0.03, f"image gain {gain:.4f} nats/token: the LM does not use the image"
+    assert float((pre.abs() > 6).float().mean()) < 0.05, "the first LSTM step saturates"
+    # probe: kind from the forward state at the name (position 2), train on 48, test on 16 held-out tweets
+    h = model.config.vlcn_hidden_size
+    vectors = own.token_states[:, 2, :h]
+    y = kinds[held]
+    params = fit_logistic_regression(vectors[:48], y[:48], 3)
+    accuracy = float((predict(params, vectors[48:]) == y[48:]).float().mean())
+    assert accuracy >= 0.8, f"probe accuracy {accuracy:.2f}: the state at the name does not carry the image"

@@ -27,11 +27,14 @@ STATE_FORMAT = 1
 #: columns of Table 3: the teacher trained on the labelled data only, the student after the pass over
 #: the pseudo-labelled data (lines 2-6), and the student after fine-tuning its RGN on the labelled data
 #: (lines 7-11). F1 is binary with "image adds" as positive; HELDOUT_PPL is the perplexity of the
-#: bidirectional LM (Eq. 7) on the held-out pseudo-labelled pairs.
+#: bidirectional LM (Eq. 7) on the held-out pseudo-labelled pairs; IMAGE_GAIN is its loss per word with
+#: the images shuffled among those pairs minus with their own images (> 0: the LM uses the image), and
+#: GATE_SEPARATION the mean s_G of the held-out pairs pseudo-labelled "image adds" minus "doesn't add".
 METRIC_COLUMNS = (
     "EPOCH", "TIMESTAMP", "LEARNING_RATE", "PSEUDO_LOSS", "PSEUDO_REL_LOSS", "PSEUDO_LM_LOSS", "LABELLED_LOSS",
     "TEACHER_DEV_F1", "TEACHER_TEST_F1", "PSEUDO_DEV_F1", "PSEUDO_TEST_F1", "FINETUNED_DEV_F1",
-    "FINETUNED_TEST_F1", "FINETUNED_TEST_MACRO_F1", "FINETUNED_TEST_ACC", "HELDOUT_PPL", "PAIRS_PER_SECOND",
+    "FINETUNED_TEST_F1", "FINETUNED_TEST_MACRO_F1", "FINETUNED_TEST_ACC", "HELDOUT_PPL", "IMAGE_GAIN", "GATE_SEPARATION",
+    "PAIRS_PER_SECOND",
 )
 #: Columns that depend on the wall clock, not on the computation (left out of equality checks).
 TIMING_COLUMNS = ("TIMESTAMP", "PAIRS_PER_SECOND")

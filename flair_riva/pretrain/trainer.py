@@ -75,6 +75,7 @@ from flair_riva.pretrain.state import (
     write_metrics,
 )
 from flair_riva.text import Vocabulary
+from flair_riva.vision import VisualFeatures
 
 log = logging.getLogger("flair")
 
@@ -268,7 +269,7 @@ class LossModule(nn.Module):
             with torch.no_grad():
                 visual = self.source.features(model, batch.visual, grad=False)
                 tokens = model.token_inputs(text)
-            logits = model.rgn.classify(model.rgn.text_vector(tokens, text.lengths), visual.pooled)
+            logits = model.rgn.classify(model.rgn.text_vector(tokens, text.lengths), visual.pooled, visual.has_image)
             return _relation_sum(logits, labels, has_image), logits.new_zeros(())
         raise ValueError(f"unknown step mode {mode!r}")
 
@@ -375,31 +376,76 @@ def evaluate_relation(model: RivaModel, pairs: Sequence[Any], source: VisualSour
     return relation_scores(gold, pred, without)
 
 
+def _permuted(visual: VisualFeatures, perm: torch.Tensor) -> VisualFeatures:
+    """The batch's images given to other items of the batch (item i gets the image of ``perm[i]``)."""
+    return VisualFeatures(visual.regions[perm], visual.pooled[perm], visual.has_image[perm],
+                          [visual.reasons[int(j)] for j in perm])
+
+
 @torch.no_grad()
-def evaluate_perplexity(model: RivaModel, pairs: Sequence[Any], source: VisualSource,
-                        batch_size: int = 64) -> float:
-    """Perplexity of the bidirectional LM (Eq. 6-7): exp(summed NLL / predicted words), both directions."""
+def evaluate_lm(model: RivaModel, pairs: Sequence[Any], source: VisualSource, batch_size: int = 64
+                ) -> dict[str, float]:
+    """The bidirectional LM (Eq. 6-7) on held-out pairs, and the evidence that it uses the image.
+
+    Returns ``ppl`` (exp of the NLL per predicted word, both directions), ``lm_loss`` (that NLL) and, for
+    an image model: ``lm_loss_shuffled`` (the same pairs with the images rotated by one inside each batch,
+    so every pair gets another pair's image), ``image_gain`` = lm_loss_shuffled - lm_loss (> 0 when the
+    LM uses the image), ``gate_adds`` / ``gate_not`` (mean s_G of the pairs labelled "image adds" /
+    "doesn't add") and ``gate_separation`` (their difference)."""
+    nan = float("nan")
+    result = {"ppl": nan, "lm_loss": nan, "lm_loss_shuffled": nan, "image_gain": nan,
+              "gate_adds": nan, "gate_not": nan, "gate_separation": nan}
     if not pairs:
-        return float("nan")
+        return result
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    total, shuffled, count = 0.0, 0.0, 0
+    gates: dict[int, list[float]] = {0: [], 1: []}
     try:
         for batch in prefetched(chunked(pairs, batch_size), lambda ch: prepare_batch(ch, model.vocab, source)):
             text = batch.text.to(model.device)
+            visual = source.features(model, batch.visual, grad=False)
             with _autocast_for(model):
-                out = model(text, source.features(model, batch.visual, grad=False))
+                out = model(text, visual)
                 nll, n = model.lm_loss_sum(out, text)
+                if visual is not None and len(batch.labels) > 1:
+                    perm = torch.roll(torch.arange(len(batch.labels)), 1)
+                    nll_shuffled, _ = model.lm_loss_sum(model(text, _permuted(visual, perm.to(model.device))), text)
+                    shuffled += float(nll_shuffled)
+                else:
+                    shuffled += float(nll)
             total += float(nll)
             count += n
+            if visual is not None:
+                for label, s_g, has in zip(batch.labels.tolist(), out.s_g.float().cpu().tolist(),
+                                           batch.has_image.tolist()):
+                    if has and label in gates:
+                        gates[label].append(s_g)
     finally:
         model.train(was_training)
-    return math.exp(min(total / max(count, 1), 50.0))
+    result["lm_loss"] = total / max(count, 1)
+    result["ppl"] = math.exp(min(result["lm_loss"], 50.0))
+    if model.config.use_image:
+        result["lm_loss_shuffled"] = shuffled / max(count, 1)
+        result["image_gain"] = result["lm_loss_shuffled"] - result["lm_loss"]
+        if gates[0] and gates[1]:
+            result["gate_adds"] = sum(gates[1]) / len(gates[1])
+            result["gate_not"] = sum(gates[0]) / len(gates[0])
+            result["gate_separation"] = result["gate_adds"] - result["gate_not"]
+    return result
 
 
 # --------------------------------------------------------------------------------------------------
 # the pretrainer
 # --------------------------------------------------------------------------------------------------
+
+
+def _number(value: float | None) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def _fmt_plain(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _fmt(value: float | None) -> str:
@@ -980,7 +1026,7 @@ class Pretrainer:
                 result["dev"] = evaluate_relation(model, data["dev"], source, self.eval_batch_size).to_dict()
                 result["test"] = evaluate_relation(model, data["test"], source, self.eval_batch_size).to_dict()
             if perplexity:
-                result["ppl"] = evaluate_perplexity(model, data["heldout"], source, self.eval_batch_size)
+                result["lm"] = evaluate_lm(model, data["heldout"], source, self.eval_batch_size)
         return self.ctx.broadcast_object(result)
 
     def algorithm_one(self, data: dict[str, Any]) -> tuple[RivaModel, list[dict[str, Any]], int | None]:
@@ -1158,7 +1204,9 @@ class Pretrainer:
             "FINETUNED_TEST_F1": f1(scores, "test"),
             "FINETUNED_TEST_MACRO_F1": f1(scores, "test", "macro_f1"),
             "FINETUNED_TEST_ACC": f1(scores, "test", "accuracy"),
-            "HELDOUT_PPL": scores.get("ppl"),
+            "HELDOUT_PPL": scores["lm"]["ppl"] if "lm" in scores else None,
+            "IMAGE_GAIN": _number(scores.get("lm", {}).get("image_gain")),
+            "GATE_SEPARATION": _number(scores.get("lm", {}).get("gate_separation")),
             "PAIRS_PER_SECOND": running.get("pairs", 0) / max(running.get("seconds", 0.0), 1e-9),
         }
 
@@ -1176,6 +1224,10 @@ class Pretrainer:
                      _fmt(row["FINETUNED_TEST_F1"]))
         log.info("held-out perplexity %.2f%s", row["HELDOUT_PPL"] if row["HELDOUT_PPL"] is not None else math.nan,
                  " | new best on dev -> best/" if is_best else "")
+        if self.args.use_image:
+            log.info("image gain %s nats/token (held-out LM loss, images shuffled among pairs minus own images; "
+                     "> 0: the LM uses the image) | gate separation %s (mean s_G, pseudo 'adds' minus 'doesn't add')",
+                     _fmt_plain(row["IMAGE_GAIN"], 4), _fmt_plain(row["GATE_SEPARATION"], 3))
         self._log_line()
 
     # -- the whole run ---------------------------------------------------------------------------------------
@@ -1271,6 +1323,12 @@ class Pretrainer:
             last = result.history[-1]
             log.info("Table 3 columns (test F1, image adds): teacher %s | pseudo-labelled %s | + fine-tuning %s",
                      _fmt(last["TEACHER_TEST_F1"]), _fmt(last["PSEUDO_TEST_F1"]), _fmt(last["FINETUNED_TEST_F1"]))
+        if self.args.use_image and result.history:
+            gain = result.history[-1].get("IMAGE_GAIN")
+            if gain is not None and gain <= 0:
+                log.warning("the language model does not use the image: image gain %.4f nats/token on the held-out "
+                            "pairs (LM loss with shuffled images minus own images) is not above 0; its token "
+                            "vectors will not carry what the image shows (README: 'Is the image used?')", gain)
         log.info("run folder: %s", self.out)
         self._log_line()
 
