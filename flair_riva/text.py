@@ -135,9 +135,25 @@ class Vocabulary:
 
     @classmethod
     def from_json(cls, text: str) -> Vocabulary:
-        data = json.loads(text)
+        return cls.from_data(json.loads(text))
+
+    @classmethod
+    def from_data(cls, data) -> Vocabulary:
+        """Build from the parsed ``vocab.json``; ``ValueError`` for entries that are not distinct
+        non-empty strings."""
         if not isinstance(data, dict) or "words" not in data or "chars" not in data:
             raise ValueError("vocab.json must hold an object with 'words' and 'chars'")
+        for key in ("words", "chars"):
+            entries = data[key]
+            if not isinstance(entries, list):
+                raise ValueError(f"vocab.json: '{key}' must be a list, got {type(entries).__name__}")
+            bad = next((i for i, e in enumerate(entries) if not isinstance(e, str) or not e), None)
+            if bad is not None:
+                raise ValueError(f"vocab.json: '{key}' entry {bad} is {entries[bad]!r}, not a non-empty string")
+            if len(set(entries)) != len(entries):
+                seen: set[str] = set()
+                dup = next(e for e in entries if e in seen or seen.add(e))
+                raise ValueError(f"vocab.json: '{key}' holds {dup!r} twice")
         return cls(list(data["words"]), list(data["chars"]))
 
 
