@@ -53,9 +53,10 @@ VISUAL_DIM = 512
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-MAX_IMAGE_PIXELS = 64_000_000
+MAX_IMAGE_PIXELS = 4096 * 4096
 """Images with more pixels than this (width x height, read from the header before decoding) are
-rejected as ``"decompression bomb"``. Independent of PIL's global ``Image.MAX_IMAGE_PIXELS``, whose
+rejected as ``"decompression bomb"``. Twitter serves images of at most 4096 x 4096 (~17 M pixels); an
+RGBA image of that size takes ~270 MB to decode. Independent of PIL's global ``Image.MAX_IMAGE_PIXELS``, whose
 warning/error is also caught. Tests and users may change this module attribute."""
 MAX_FILE_BYTES = 100 * 1024 * 1024
 """Files larger than this are rejected as ``"file too large"`` without being read."""
@@ -121,7 +122,13 @@ def _read_file(path: str | Path | None) -> tuple[str | None, bytes | None, str |
         return path_str, None, "file too large", f"{st.st_size} bytes > MAX_FILE_BYTES={MAX_FILE_BYTES}"
     try:
         with open(path_str, "rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
+            # never reserve more than the file can hold: read(n) allocates n bytes up front
+            data = f.read(min(st.st_size, MAX_FILE_BYTES) + 1)
+            while st.st_size < len(data) <= MAX_FILE_BYTES:  # the file grew after stat: read on in 1 MiB steps
+                chunk = f.read(min(1 << 20, MAX_FILE_BYTES + 1 - len(data)))
+                if not chunk:
+                    break
+                data += chunk
     except FileNotFoundError:  # deleted between stat and open
         return path_str, None, "missing", None
     except IsADirectoryError:
