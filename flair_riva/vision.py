@@ -549,6 +549,20 @@ class RegionExtractor(nn.Module):
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 CACHE_FORMAT = 1
+MAX_CACHE_ENTRY_BYTES = (NUM_REGIONS + 1) * VISUAL_DIM * 4 + 64 * 1024
+"""Largest cache entry read: the float32 tensors plus a generous header."""
+
+
+def _safetensors_metadata(data: bytes) -> dict:
+    """The ``__metadata__`` of safetensors bytes (header length checked against the data)."""
+    if len(data) < 8:
+        raise ValueError("shorter than a safetensors header")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise ValueError("header length beyond the data")
+    header = json.loads(data[8:8 + n].decode("utf-8"))
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
 
 
 class FeatureCache:
@@ -622,12 +636,16 @@ class FeatureCache:
                 self.misses += 1
 
     def get(self, sha256: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(regions (49, 512), pooled (512,))`` float32, or ``None`` on a miss."""
+        """``(regions (49, 512), pooled (512,))`` float32, or ``None`` on a miss.
+
+        Reads are guarded like image reads: only a regular file is read (a FIFO, device or symlink to one
+        is never opened for blocking reads), at most :data:`MAX_CACHE_ENTRY_BYTES`, and the content is
+        checked (tensor names, shapes, finite values, and the sha256 and fingerprint stored in the entry
+        must be this key's). Anything else is a logged miss."""
         path = self.path_for(sha256)
         try:
-            with open(path, "rb") as f:
-                st = os.fstat(f.fileno())
-                data = f.read()
+            # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below)
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         except FileNotFoundError:
             self._count(False)
             return None
@@ -636,14 +654,33 @@ class FeatureCache:
             self._count(False)
             return None
         try:
+            with os.fdopen(fd, "rb") as f:
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    log.warning("feature cache: %s is not a regular file; treating as a miss", path)
+                    self._count(False)
+                    return None
+                data = f.read(min(st.st_size, MAX_CACHE_ENTRY_BYTES) + 1)
+        except OSError as err:
+            log.warning("feature cache: cannot read %s (%s); treating as a miss", path, err)
+            self._count(False)
+            return None
+        try:
             from safetensors.torch import load as st_load
 
+            if len(data) > MAX_CACHE_ENTRY_BYTES:
+                raise ValueError(f"more than MAX_CACHE_ENTRY_BYTES={MAX_CACHE_ENTRY_BYTES} bytes")
+            meta = _safetensors_metadata(data)
+            if meta.get("sha256") != sha256 or meta.get("fingerprint") != self.fingerprint:
+                raise ValueError("the entry's stored sha256/fingerprint is not this key's")
             tensors = st_load(data)
             regions, pooled = tensors["regions"], tensors["pooled"]
             if tuple(regions.shape) != (NUM_REGIONS, VISUAL_DIM) or tuple(pooled.shape) != (VISUAL_DIM,):
                 raise ValueError(f"shapes {tuple(regions.shape)}, {tuple(pooled.shape)}")
             if not regions.dtype.is_floating_point or not pooled.dtype.is_floating_point:
                 raise ValueError(f"dtypes {regions.dtype}, {pooled.dtype}")
+            if not bool(torch.isfinite(regions).all()) or not bool(torch.isfinite(pooled).all()):
+                raise ValueError("non-finite values")
         except Exception as err:
             log.warning("feature cache: removing corrupt entry %s (%s: %s); treating as a miss",
                         path, type(err).__name__, err)
