@@ -216,6 +216,19 @@ def _riff_truncated(data: bytes) -> bool:
 
 def _decode(data: bytes) -> tuple[torch.Tensor | None, str | None, str | None]:
     """Decode image bytes to normalised pixels. Returns ``(pixels, reason, detail)``."""
+    rgb, reason, detail = _decode_rgb(data, resize=True)
+    if rgb is None:
+        return None, reason, detail
+    arr = np.asarray(rgb, dtype=np.float32)
+    pixels = torch.from_numpy(arr / 255.0).permute(2, 0, 1)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
+    return ((pixels - mean) / std).contiguous(), None, None
+
+
+def _decode_rgb(data: bytes, resize: bool) -> tuple[Image.Image | None, str | None, str | None]:
+    """The one decoder of the package: image bytes -> an RGB PIL image (first frame, EXIF-rotated),
+    224 x 224 when ``resize``, with every limit of :func:`load_image`. Returns ``(image, reason, detail)``."""
     with warnings.catch_warnings():
         # local to this call: PIL's bomb warning becomes an error, its other warnings (odd EXIF,
         # palette transparency) are noise for a batch job
@@ -230,7 +243,7 @@ def _decode(data: bytes) -> tuple[torch.Tensor | None, str | None, str | None]:
                 return None, "decompression bomb", f"{width}x{height} > MAX_IMAGE_PIXELS={MAX_IMAGE_PIXELS}"
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)  # GIF / APNG / animated WebP: the first frame
-            if im.format in ("JPEG", "MPO"):
+            if resize and im.format in ("JPEG", "MPO"):
                 # decode at a reduced DCT scale when the image is >= 2x the target in both sides
                 im.draft(None, (IMAGE_SIZE, IMAGE_SIZE))
             im.load()  # decodes now; a truncated file raises OSError (LOAD_TRUNCATED_IMAGES is left off)
@@ -256,15 +269,15 @@ def _decode(data: bytes) -> tuple[torch.Tensor | None, str | None, str | None]:
         except Exception as err:
             return None, "unsupported mode", f"mode {im.mode}: {err}"
         try:
-            rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
-            arr = np.asarray(rgb, dtype=np.float32)
+            if resize:
+                rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+            else:
+                rgb.load()
+                rgb = rgb.copy() if rgb is im else rgb
         except Exception as err:
             reason, detail = _classify_decode_error(err)
             return None, reason, detail
-    pixels = torch.from_numpy(arr / 255.0).permute(2, 0, 1)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
-    return ((pixels - mean) / std).contiguous(), None, None
+    return rgb, None, None
 
 
 def decode_image_bytes(data: bytes, path: str | None = None) -> LoadedImage:
@@ -290,6 +303,19 @@ def load_image(path: str | Path | None) -> LoadedImage:
     if not loaded.ok:
         log.debug("image %s: %s (%s)", path_str, loaded.reason, loaded.detail)
     return loaded
+
+
+def load_picture(path: str | Path | None) -> tuple[Image.Image | None, str | None]:
+    """An image file as an RGB PIL image for display (EXIF-rotated, first frame, full size), read and
+    decoded by :func:`load_image`'s code with the same limits. Returns
+    ``(image, None)`` or ``(None, reason)``; never raises for a bad file."""
+    path_str, data, reason, detail = _read_file(path)
+    if data is None:
+        return None, reason
+    rgb, reason, detail = _decode_rgb(data, resize=False)
+    if rgb is None:
+        log.debug("image %s: %s (%s)", path_str, reason, detail)
+    return rgb, reason
 
 
 def file_sha256(path: str | Path | None) -> tuple[str | None, str | None]:
@@ -453,7 +479,11 @@ class RegionExtractor(nn.Module):
             else:
                 state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as err:
-            raise ValueError(f"cannot read backbone weights file {path}: {type(err).__name__}: {err}"
+            # torch's unpickling message spans several lines: keep its first line (errors are one line)
+            first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+            hint = (" (only tensors are loaded, weights_only=True: save a plain state dict, or .safetensors)"
+                    if "weights_only" in str(err) or "Unsupported global" in str(err) else "")
+            raise ValueError(f"cannot read backbone weights file {path}: {type(err).__name__}: {first}{hint}"
                              ) from err
         for wrapper in ("state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(wrapper), dict):

@@ -498,3 +498,42 @@ def test_cli_help_lists_every_table2_option(capsys):
                    "--word-dim", "--epochs", "--teacher-epochs", "--threshold", "--freeze-backbone", "--resume",
                    "--checkpoint-every", "--keep-checkpoints", "--no-image", "--no-gate", "--backbone-weights"):
         assert option in text, option
+
+
+# -- hostile files and bad options (issue 11) -------------------------------------------------------------------
+
+
+class _Payload:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _base_cli(world, out, cache_dir) -> list[str]:
+    return ["--output", str(out), "--demo-dir", str(world.root), "--feature-cache", str(cache_dir), *TINY_CLI]
+
+
+def test_pickled_backbone_weights_error_is_one_line(world, cache_dir, tmp_path, no_training, capsys):
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil.pth"
+    torch.save({"conv1.weight": _Payload(str(marker))}, evil)
+    base = _base_cli(world, tmp_path / "out", cache_dir)
+    base[base.index("--backbone-weights") + 1] = str(evil)
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "evil.pth" in err and not marker.exists()
+
+
+def test_pickled_word_vectors_are_refused_by_the_pretrainer(world, cache_dir, tmp_path, no_training, capsys):
+    import pickle
+
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil.kv"
+    evil.write_bytes(pickle.dumps(_Payload(str(marker))))
+    assert main([*_base_cli(world, tmp_path / "out", cache_dir), "--word-vectors", str(evil)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "convert_vectors" in err, err
+    assert not marker.exists()

@@ -1381,7 +1381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_pretraining(args)
     except PretrainError as err:
         if int(os.environ.get("RANK", "0") or 0) == 0:
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {' '.join(str(err).split())}", file=sys.stderr)  # always one line
         return 2
     if int(os.environ.get("RANK", "0") or 0) == 0:
         print(f"RIVA pretraining finished in {result.seconds:.1f} s: final model {result.final_dir}, "
