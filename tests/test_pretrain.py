@@ -537,3 +537,39 @@ def test_pickled_word_vectors_are_refused_by_the_pretrainer(world, cache_dir, tm
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "convert_vectors" in err, err
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("option", [["--lr", "-1"], ["--lr", "nan"], ["--word-dim", "0"], ["--rgn-layers", "0"],
+                                    ["--vlcn-hidden-size", "0"], ["--num-heads", "0"], ["--backbone-lr", "-1"],
+                                    ["--clip", "-1"], ["--patience", "-1"], ["--dropout", "1.5"], ["--seed", "-1"]])
+def test_bad_numeric_options_exit_2_before_writing(option, world, cache_dir, tmp_path, no_training, capsys):
+    out = tmp_path / "out"
+    assert main([*_base_cli(world, out, cache_dir), *option]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {option[0]} ") and err.count("\n") == 1, err
+    assert not out.exists(), "nothing may be written for a bad option"
+
+
+@pytest.mark.parametrize("mode, stage", [("joint", "stage 3"), ("teacher", "stage 1")])
+def test_nan_loss_stops_the_run_naming_stage_and_update(tiny_vocab, mode, stage):
+    torch.manual_seed(0)
+    model = RivaModel(RivaConfig(**TINY), tiny_vocab).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    runner = StepRunner(model, VisualSource(None), DistContext(), {mode: optimizer}, clip=5.0)
+    runner.step(mode, _batch(tiny_vocab))
+    with torch.no_grad():
+        model.rgn.classifier.weight.fill_(float("nan"))
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    with pytest.raises(PretrainError, match=f"non-finite loss .*in {stage}.*update 2"):
+        runner.step(mode, _batch(tiny_vocab, seed=1))
+    assert all(torch.equal(p, before[k]) or torch.isnan(before[k]).any() for k, p in model.named_parameters())
+
+
+def test_update_that_makes_weights_non_finite_stops_the_run(tiny_vocab):
+    torch.manual_seed(0)
+    model = RivaModel(RivaConfig(**TINY), tiny_vocab).train()
+    groups = model.parameter_groups()
+    optimizer = torch.optim.SGD([{"params": groups["rgn"], "lr": float("inf")}], lr=0.1)  # as --backbone-lr -1 did
+    runner = StepRunner(model, VisualSource(None), DistContext(), {"rgn": optimizer}, clip=0.0)
+    with pytest.raises(PretrainError, match="non-finite weights after the update in stage 3"):
+        runner.step("rgn", _batch(tiny_vocab))

@@ -288,6 +288,7 @@ class StepRunner:
         self.ctx = ctx
         self.optimizers = optimizers
         self.clip = clip
+        self.updates: Counter = Counter()  # successful updates per mode, for error messages
         self.module = LossModule(model, source)
         self.wrapped: nn.Module = self.module
         if ctx.distributed:
@@ -304,23 +305,41 @@ class StepRunner:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    STAGES = {"teacher": "stage 1 (teacher)", "joint": "stage 3 (Algorithm 1, pseudo-labelled pass)",
+              "rgn": "stage 3 (Algorithm 1, labelled θ_RGN pass)"}
+
+    def _diverged(self, mode: str, what: str) -> PretrainError:
+        step = self.updates.get(mode, 0) + 1
+        return PretrainError(
+            f"non-finite {what} in {self.STAGES.get(mode, mode)}, update {step} of this run: training diverged "
+            "(lower --lr / --backbone-lr, or set --clip); nothing from this update was saved")
+
     def step(self, mode: str, batch: PreparedBatch) -> tuple[float, float]:
-        """One update; returns the global-batch means (relation CE, LM NLL per token)."""
+        """One update; returns the global-batch means (relation CE, LM NLL per token).
+
+        A non-finite loss, gradient norm or updated weight stops the run with a :class:`PretrainError`
+        naming the stage and update (the same on every rank: the checks use all-reduced values)."""
         n_rel = int((batch.has_image & (batch.labels >= 0)).sum()) if batch.text is not None else 0
         n_tok = batch.num_lm_tokens if mode == "joint" else 0
         with self.autocast():
             rel_sum, lm_sum = self.wrapped(mode, batch)
         totals = self.ctx.all_reduce_sum([n_rel, n_tok, float(rel_sum.detach()), float(lm_sum.detach())])
         n_rel_g, n_tok_g, rel_g, lm_g = totals
+        if not (math.isfinite(rel_g) and math.isfinite(lm_g)):
+            raise self._diverged(mode, f"loss (relation {rel_g}, LM {lm_g})")
         world = self.ctx.world_size
         loss = world * (rel_sum / max(n_rel_g, 1.0) + lm_sum / max(n_tok_g, 1.0))
         optimizer = self.optimizers[mode]
         self.model.zero_grad(set_to_none=True)
         loss.backward()
-        if self.clip > 0:
-            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, self.clip)
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.clip if self.clip > 0 else float("inf"))
+        if not math.isfinite(float(norm)):
+            raise self._diverged(mode, "gradient norm")
         optimizer.step()
+        if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+            raise self._diverged(mode, "weights after the update")
+        self.updates[mode] += 1
         return rel_g / max(n_rel_g, 1.0), lm_g / max(n_tok_g, 1.0)
 
 
@@ -475,6 +494,28 @@ class Pretrainer:
             raise PretrainError(f"--anneal-factor must be in (0, 1] (1 = no annealing), got {a.anneal_factor}")
         if a.optimizer not in ("sgd", "adam", "adamw"):
             raise PretrainError(f"unknown --optimizer {a.optimizer!r}: choose sgd, adam or adamw")
+        from flair_riva.config import INT_RANGES
+
+        for name in ("word_dim", "char_dim", "char_hidden_size", "rgn_hidden_size", "rgn_layers", "vlcn_hidden_size",
+                     "vlcn_layers", "num_heads", "max_vocab_size"):
+            value, (lo, hi) = getattr(a, name), INT_RANGES[name]
+            if value is not None and not lo <= value <= hi:
+                raise PretrainError(f"--{name.replace('_', '-')} must be in [{lo}, {hi}], got {value}")
+        for option, value, lo, hi, low_open in (("--lr", a.lr, 0.0, 1e6, True),
+                                                ("--backbone-lr", a.backbone_lr, 0.0, 1e6, False),
+                                                ("--clip", a.clip, 0.0, 1e12, False),
+                                                ("--dropout", a.dropout, 0.0, 1.0, False)):
+            if value is None:
+                continue
+            below = value <= lo if low_open else value < lo
+            if not math.isfinite(value) or below or value > hi or (option == "--dropout" and value >= hi):
+                bounds = f"{'(' if low_open else '['}{lo:g}, {hi:g}{')' if option == '--dropout' else ']'}"
+                raise PretrainError(f"{option} must be a finite number in {bounds}, got {value}"
+                                    + (" (0 = no clipping)" if option == "--clip" else ""))
+        if a.patience < 0:
+            raise PretrainError(f"--patience must be >= 0, got {a.patience}")
+        if not 0 <= a.seed < 2**32:
+            raise PretrainError(f"--seed must be in [0, 2**32), got {a.seed}")
         if a.backbone not in ("resnet18", "resnet34"):
             raise PretrainError(f"unknown --backbone {a.backbone!r}: choose resnet34 (paper) or resnet18")
         if not self.demo:
