@@ -318,6 +318,31 @@ def load_picture(path: str | Path | None) -> tuple[Image.Image | None, str | Non
     return rgb, reason
 
 
+def probe_image(path: str | Path | None) -> str | None:
+    """Cheap usability check of an image file without decoding its pixels: ``None`` when the file is a
+    regular file within :data:`MAX_FILE_BYTES` whose content PIL identifies as an image of at most
+    :data:`MAX_IMAGE_PIXELS`, else the reason (as in :func:`load_image`). Never raises for a bad file.
+    Truncated pixel data is only found by decoding (:func:`load_image`)."""
+    _, data, reason, _ = _read_file(path)
+    if data is None:
+        return reason
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            return "decompression bomb"
+        except Exception:  # UnidentifiedImageError and every parser error
+            return "corrupt"
+    if width <= 0 or height <= 0:
+        return "corrupt"
+    if width * height > MAX_IMAGE_PIXELS:
+        return "decompression bomb"
+    return None
+
+
 def file_sha256(path: str | Path | None) -> tuple[str | None, str | None]:
     """``(sha256, reason)`` of a file's bytes without decoding it; ``reason`` as in :func:`load_image`."""
     _, data, reason, _ = _read_file(path)

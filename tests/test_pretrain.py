@@ -573,3 +573,67 @@ def test_update_that_makes_weights_non_finite_stops_the_run(tiny_vocab):
     runner = StepRunner(model, VisualSource(None), DistContext(), {"rgn": optimizer}, clip=0.0)
     with pytest.raises(PretrainError, match="non-finite weights after the update in stage 3"):
         runner.step("rgn", _batch(tiny_vocab))
+
+
+def test_relation_images_must_be_images_and_fail_early(world, cache_dir, tmp_path, no_training):
+    """Rows pointing at system files pass an existence check; they must fail as unusable, before any write."""
+    (tmp_path / "notes.jpg").write_text("not a picture")
+    hostile = ["/etc/passwd", "/proc/self/environ", "~/.bashrc", "notes.jpg", "../../../../etc/passwd"]
+    rows = [(f"look at {w} today", hostile[i % len(hostile)], i % 2) for i, w in enumerate("abcdefghij")]
+    relation = _relation_file(tmp_path / "rel.tsv", rows)
+    args = _data_args(world, tmp_path, cache_dir, relation)
+    args.image_dir = str(tmp_path)
+    with pytest.raises(PretrainError, match=r"every image of the relation data .* is unusable: 10 pairs") as info:
+        run_pretraining(args)
+    assert "corrupt" in str(info.value) and "no path" in str(info.value)  # ../ escapes the image folder: no path
+    assert not (tmp_path / "out").exists(), "bad input must not leave a run folder"
+
+
+def test_a_run_that_failed_on_its_data_does_not_block_the_corrected_rerun(world, cache_dir, tmp_path, no_training):
+    good = [(f"look at {w} today", f"images/person_00{i % 4}.png", i % 2) for i, w in enumerate("abcdefghij")]
+    relation = _relation_file(tmp_path / "rel.tsv", good)
+    unlabelled = tmp_path / "u.jsonl"
+    unlabelled.write_text('{"text": "hello there", "image": "/etc/passwd"}\n' * 5, encoding="utf-8")
+    args = _data_args(world, tmp_path, cache_dir, relation, unlabelled)
+    with pytest.raises(PretrainError, match=r"every image of the 5 unlabelled pairs .* unusable \(5 corrupt"):
+        run_pretraining(args)
+    unlabelled.write_text('{"text": "hello there", "image": "images/person_000.png"}\n' * 5, encoding="utf-8")
+    with pytest.raises(AssertionError, match="training started"):  # the same command now gets to training
+        run_pretraining(args)
+    assert (tmp_path / "out" / "vocab.json").is_file()
+
+
+def test_resume_compares_resolved_paths_and_never_suggests_deleting(demo_run, world, cache_dir, tmp_path,
+                                                                     no_training, monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(demo_run.parent)
+    moved = tmp_path / "moved"
+    shutil.copytree(demo_run, moved)
+    for output in (f"{demo_run}/", f"./{demo_run.name}", demo_run.name, str(moved)):
+        with pytest.raises(AssertionError, match="training started"):  # accepted as the same run, resumed
+            run_pretraining(tiny_args(world, output, cache_dir, resume=True))
+    for changes in ({}, {"epochs": 3}):
+        with pytest.raises(PretrainError, match="--resume") as info:
+            run_pretraining(tiny_args(world, f"./{demo_run.name}/", cache_dir, **changes))
+        assert "overwrite" not in str(info.value)
+
+
+def test_unwritable_output_is_a_one_line_error(world, cache_dir, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(_base_cli(world, blocker / "run", cache_dir)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --output") and "not a writable folder" in err and err.count("\n") == 1
+
+
+def test_unusable_feature_cache_warns_and_computes(world, tmp_path):
+    from flair_riva.pretrain.trainer import Pretrainer
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    pretrainer = Pretrainer(tiny_args(world, tmp_path / "out", blocker / "cache"), DistContext())
+    featurizer = pretrainer.featurizer()
+    assert featurizer.cache is None
+    features = featurizer([str(world.root / "images" / "person_000.png")])
+    assert bool(features.has_image[0])

@@ -35,6 +35,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -111,6 +112,30 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "backbone_weights": "none", "freeze_backbone": True,
     "word_dim": 100, "rgn_hidden_size": 256, "rgn_layers": 2, "vlcn_hidden_size": 256, "vlcn_layers": 2,
 }
+
+
+#: Unlabelled images checked to be images in stage 0 (the file is streamed: checking all would read every image
+#: twice); checking goes on past this number until one usable image is found.
+UNLABELLED_PROBES = 2000
+
+
+#: run_args.json entries that are paths: compared resolved (symlinks, ``..``, trailing slashes).
+PATH_ARGS = frozenset({"relation_data", "unlabelled", "image_dir", "word_vectors", "demo_dir", "backbone_weights"})
+
+
+def _same_arg(name: str, previous: Any, current: Any) -> bool:
+    if previous == current:
+        return True
+    if name in PATH_ARGS and isinstance(previous, str) and isinstance(current, str):
+        if name == "backbone_weights" and not (os.path.exists(previous) or os.path.exists(current)):
+            return False  # a torchvision weights name, not a path
+        return os.path.realpath(os.path.expanduser(previous)) == os.path.realpath(os.path.expanduser(current))
+    return False
+
+
+def _reason_summary(reasons: Counter, examples: dict[str, Any]) -> str:
+    """``"3 missing (e.g. a.jpg), 2 corrupt (e.g. /etc/passwd)"``: why rows had no usable image."""
+    return ", ".join(f"{n} {reason} (e.g. {examples.get(reason)})" for reason, n in reasons.most_common())
 
 
 class PretrainError(Exception):
@@ -530,6 +555,23 @@ class Pretrainer:
         except ValueError as err:
             raise PretrainError(f"invalid model options: {err}") from err
 
+    def check_inputs(self) -> None:
+        """Rank 0, before anything is written: read and check the labelled data (images included), the word
+        vectors and the backbone weights, so that bad input leaves no run folder behind. (The unlabelled
+        file is streamed once, in stage 0; a run that fails there never finished stage 0 and its folder
+        counts as empty, see :meth:`prepare_output`.)"""
+        from flair_riva.datasets import _require_file
+
+        if self.unlabelled_path is not None:
+            try:
+                _require_file(self.unlabelled_path, "unlabelled pairs file")
+            except (ValueError, OSError) as err:
+                raise PretrainError(f"cannot read the unlabelled pairs {self.unlabelled_path}: {err}") from err
+        if self.args.use_image:
+            self.labelled = self.read_labelled()
+            self.initial_backbone()
+        _ = self.word_vectors
+
     def make_config(self, word_dim: int) -> RivaConfig:
         a = self.args
         return RivaConfig(
@@ -563,6 +605,7 @@ class Pretrainer:
     def run_args(self) -> dict[str, Any]:
         """The arguments that define what this run computes (``run_args.json``)."""
         values = {k: v for k, v in asdict(self.args).items() if k not in CONTROL_ARGS}
+        values["output"] = str(self.out)  # for the record: a run folder may be moved, so resume ignores it
         values["relation_data"] = str(self.relation_path) if self.relation_path else None
         values["unlabelled"] = str(self.unlabelled_path) if self.unlabelled_path else None
         values["image_dir"] = str(self.image_dir) if self.image_dir else None
@@ -574,16 +617,32 @@ class Pretrainer:
         return values
 
     def prepare_output(self) -> bool:
-        """Check the run folder against ``run_args.json``; returns True when resuming (rank 0 only)."""
+        """Check the run folder against ``run_args.json``; returns True when resuming (rank 0 only).
+
+        A folder whose run never finished stage 0 (no vocabulary in ``run_state.json``: it failed on bad
+        input, or was killed early) holds nothing worth keeping and counts as empty. Paths are compared
+        resolved (``r3/``, ``./r3`` and ``/abs/r3`` are one folder), and the output folder itself is left out
+        of the comparison, so a moved run folder resumes."""
         a = self.args
         out = self.out
         if out.exists() and not out.is_dir():
             raise PretrainError(f"--output {out} exists and is not a folder")
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=out, prefix=".write-test-"):
+                pass
+        except OSError as err:
+            raise PretrainError(f"--output {out} is not a writable folder: {err.strerror or err}") from err
         current = self.run_args()
         present = [name for name in RUN_ARTIFACTS if (out / name).exists()] + \
             sorted(p.name for p in out.glob("epoch-*") if p.is_dir())
         args_file = out / RUN_ARGS_FILE
+        if present and "vocab" not in self._read_run_state() and \
+                not set(present) - {RUN_ARGS_FILE, LOG_FILE, RUN_STATE_FILE, VOCAB_FILE}:
+            log.info("%s holds a run that never finished stage 0 (%s): starting afresh", out, ", ".join(present))
+            for name in present:
+                (out / name).unlink(missing_ok=True)
+            present = []
         if args_file.exists() or present:
             previous = None
             with contextlib.suppress(OSError, ValueError, AttributeError):
@@ -596,15 +655,17 @@ class Pretrainer:
                     f"{RUN_ARGS_FILE}: choose another folder, or pass --overwrite to delete them")
             else:
                 diffs = [f"{k}: {previous.get(k)!r} -> {current.get(k)!r}"
-                         for k in sorted(set(previous) | set(current)) if previous.get(k) != current.get(k)]
+                         for k in sorted(set(previous) | set(current))
+                         if k != "output" and not _same_arg(k, previous.get(k), current.get(k))]
                 if diffs:
                     raise PretrainError(
                         f"--output {out} holds another run with different arguments ({'; '.join(diffs)}): "
-                        "choose another folder, or pass --overwrite to delete that run")
+                        "choose another --output for this run, or continue that one with its own arguments "
+                        "and --resume")
                 if not a.resume:
                     raise PretrainError(
                         f"--output {out} already holds a run with these arguments: pass --resume to continue "
-                        "it, or --overwrite to start again")
+                        "it, or choose another --output")
                 return True
         elif a.resume:
             log.info("--resume: nothing to resume in %s, starting a new run", out)
@@ -671,9 +732,14 @@ class Pretrainer:
             extractor.to(self.device).eval().requires_grad_(False)
             root = Path(self.args.feature_cache).expanduser() if self.args.feature_cache \
                 else self.out / "feature-cache"
-            cache = FeatureCache(root, extractor.fingerprint())
+            try:
+                cache = FeatureCache(root, extractor.fingerprint())
+            except (OSError, ValueError) as err:  # the same policy as RivaEmbeddings: warn and compute
+                log.warning("cannot use the feature cache %s (%s): computing image features without a cache",
+                            root, err)
+                cache = None
             self._featurizer = ImageFeaturizer(extractor, cache, batch_size=64)
-            if self.ctx.is_main:
+            if self.ctx.is_main and cache is not None:
                 log.info("frozen backbone: region features cached in %s", cache.directory)
         return self._featurizer
 
@@ -710,12 +776,23 @@ class Pretrainer:
             raise PretrainError(
                 f"the relation data {path} has a single class: all {len(pairs)} pairs are "
                 f"'{CLASS_NAMES.get(only, only)}'; the teacher needs pairs of both classes (image_adds 0 and 1)")
-        with_image = [p for p in pairs if p.image is not None and p.image.is_file()]
+        from flair_riva.vision import probe_image
+
+        reasons: Counter = Counter()
+        examples: dict[str, Any] = {}
+        with_image = []
+        for pair in pairs:
+            reason = probe_image(pair.image)  # a regular file that identifies as an image, within the limits
+            if reason is None:
+                with_image.append(pair)
+            else:
+                reasons[reason] += 1
+                examples.setdefault(reason, pair.image)
         if not with_image:
-            example = next((p.image for p in pairs if p.image is not None), None)
             raise PretrainError(
-                f"every image of the relation data {path} is missing ({len(pairs)} pairs, e.g. {example}); "
-                "image paths resolve against --image-dir, or the data file's folder when it is not given")
+                f"every image of the relation data {path} is unusable: {len(pairs)} pairs without a usable image "
+                f"({_reason_summary(reasons, examples)}); relative image paths resolve inside --image-dir (or the "
+                "data file's folder when it is not given), absolute paths are used as written")
         counts = Counter(p.label for p in with_image)
         for cls in (0, 1):
             if counts[cls] < 3:
@@ -724,17 +801,21 @@ class Pretrainer:
                     "at least 3 per class are needed for the train/dev/test split")
         self.labelled_dropped = len(pairs) - len(with_image)
         if self.labelled_dropped and self.ctx.is_main:
-            log.warning("%d of %d labelled pairs have no image file and are left out of the relation task",
-                        self.labelled_dropped, len(pairs))
+            log.warning("%d of %d labelled pairs have no usable image (%s) and are left out of the relation task",
+                        self.labelled_dropped, len(pairs), _reason_summary(reasons, examples))
         return with_image
 
     def build_vocabulary(self) -> tuple[Vocabulary, dict[str, Any]]:
         """Stage 0: one streamed pass over the labelled and unlabelled texts (the unlabelled file is never
         loaded whole). Also counts the unlabelled pairs and those with an existing image file."""
         from flair_riva.datasets import iter_unlabelled_pairs
+        from flair_riva.vision import probe_image
 
         counts: Counter = Counter()
+        reasons: Counter = Counter()
+        examples: dict[str, Any] = {}
         bar = self._bar(desc="vocabulary")
+        check_images = self.args.use_image
 
         def texts():
             for pair in self.labelled or []:
@@ -743,6 +824,15 @@ class Pretrainer:
                 counts["unlabelled"] += 1
                 if pair.image is not None and pair.image.is_file():
                     counts["unlabelled_with_image"] += 1
+                # the first UNLABELLED_PROBES images (and on, until one is usable) are checked to be images
+                if check_images and (counts["probed"] < UNLABELLED_PROBES or not counts["usable"]):
+                    counts["probed"] += 1
+                    reason = probe_image(pair.image)
+                    if reason is None:
+                        counts["usable"] += 1
+                    else:
+                        reasons[reason] += 1
+                        examples.setdefault(reason, pair.image)
                 bar.update(1)
                 yield pair.tokens
 
@@ -757,10 +847,14 @@ class Pretrainer:
             bar.close()
         if counts["unlabelled"] == 0:
             raise PretrainError(f"the unlabelled pairs file {self.unlabelled_path} holds no pair with text")
-        if a.use_image and counts["unlabelled_with_image"] == 0:
+        if a.use_image and counts["usable"] == 0:
             raise PretrainError(
-                f"every image of the {counts['unlabelled']} unlabelled pairs in {self.unlabelled_path} is missing: "
-                "image paths resolve against --image-dir, or the file's folder when it is not given")
+                f"every image of the {counts['unlabelled']} unlabelled pairs in {self.unlabelled_path} is unusable "
+                f"({_reason_summary(reasons, examples)}): relative image paths resolve inside --image-dir (or the "
+                "file's folder when it is not given), absolute paths are used as written")
+        if reasons and self.ctx.is_main:
+            log.warning("%d of the first %d unlabelled pairs have no usable image (%s)", sum(reasons.values()),
+                        counts["probed"], _reason_summary(reasons, examples))
         word_dim = a.word_dim
         if vectors is not None:
             if word_dim is not None and word_dim != vectors.vector_size:
@@ -904,7 +998,8 @@ class Pretrainer:
         a = self.args
         state = self.run_state = self._read_run_state() if self.resuming else {}
         if a.use_image:
-            self.labelled = self.read_labelled()
+            if self.labelled is None:
+                self.labelled = self.read_labelled()
             self.initial_backbone()  # fails now (not after the teacher) when named weights cannot be loaded
         elif self.relation_path is not None:
             log.info("--no-image: the relation data is not used (RIVA(text) has no RGN)")
@@ -1267,6 +1362,7 @@ class Pretrainer:
                 try:
                     self.check_args()
                     self.locate_data()
+                    self.check_inputs()
                     self.resuming = self.prepare_output()
                     self._clean_temp()
                     handler = self._open_log()
