@@ -976,6 +976,10 @@ class Pretrainer:
         self._log_pseudo(info)
         if written == 0:
             path.unlink(missing_ok=True)
+            if counts["without_image"] == counts["seen"]:
+                raise PretrainError(
+                    f"none of the {counts['seen']} unlabelled pairs in {self.unlabelled_path} has a usable image "
+                    "(every image failed to decode): the teacher cannot label them")
             raise PretrainError(
                 f"--threshold {a.threshold} keeps none of the {counts['seen']} unlabelled pairs "
                 f"({counts['without_image']} without a readable image; the highest teacher score was "
@@ -1443,7 +1447,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--unlabelled", metavar="FILE", help="unlabelled pairs (JSONL or TSV: text, image), streamed")
     g.add_argument("--image-dir", metavar="DIR",
                    help="where relative image paths resolve (default: the data file's folder)")
-    g.add_argument("--word-vectors", metavar="FILE", help="GloVe/word2vec/gensim vectors (sets --word-dim)")
+    g.add_argument("--word-vectors", metavar="FILE",
+                   help="GloVe/word2vec text or binary, or flair-riva .safetensors vectors (sets --word-dim); "
+                        "pickled gensim .kv/.model files are refused: convert them with "
+                        "python -m flair_riva.convert_vectors")
     g.add_argument("--output", metavar="DIR", default=d.output, help="run folder (default: %(default)s)")
     g.add_argument("--demo-dir", metavar="DIR", help="demo world folder (default: FLAIR_CACHE_ROOT/riva/demo-world-v1)")
     g.add_argument("--demo-scale", default=d.demo_scale, help="demo world size: default, tiny or a factor")
