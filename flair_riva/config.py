@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,3 +153,63 @@ class RivaConfig:
         defaults.update({k: v for k, v in LEGACY_VALUES.items() if k not in state})
         defaults.update(state)
         self.__dict__.update(defaults)
+
+
+#: Ranges of the numeric fields a model directory's ``config.json`` may hold (inclusive). They bound what a
+#: hostile or damaged file can make :meth:`~flair_riva.model.RivaModel.load` build: the weights file's
+#: shapes are compared with the config on the meta device before anything is allocated.
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "word_dim": (1, 4096), "char_dim": (1, 4096), "char_hidden_size": (1, 4096),
+    "max_vocab_size": (4, 10_000_000), "min_word_count": (1, 1_000_000_000),
+    "rgn_hidden_size": (1, 16384), "rgn_layers": (1, 16), "visual_dim": (512, 512), "num_regions": (49, 49),
+    "num_heads": (1, 512), "vlcn_hidden_size": (1, 16384), "vlcn_layers": (1, 16), "batch_size": (1, 1_000_000),
+}
+FLOAT_RANGES: dict[str, tuple[float, float]] = {
+    "adaptive_softmax_div_value": (1.0, 64.0), "dropout": (0.0, 0.999999), "learning_rate": (0.0, 1e6),
+    "backbone_learning_rate": (0.0, 1e6), "clip_grad_norm": (0.0, 1e12),
+}
+BOOL_FIELDS = ("freeze_word_vectors", "use_image", "gate")
+CHOICES: dict[str, tuple[str, ...]] = {"backbone": ("resnet18", "resnet34"), "optimizer": ("sgd", "adam", "adamw")}
+
+
+def _increasing_ints(value: Any) -> bool:
+    return (isinstance(value, list) and 1 <= len(value) <= 16
+            and all(type(c) is int and 0 < c <= 10_000_000 for c in value)
+            and all(a < b for a, b in zip(value, value[1:])))
+
+
+def validate_config_dict(data: Any) -> RivaConfig:
+    """Check every field of a config read from a file (types and ranges) and build the config.
+
+    Raises ``ValueError`` naming the first bad field. Cheap: nothing is allocated."""
+    if not isinstance(data, dict):
+        raise ValueError(f"the config must be a JSON object, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(RivaConfig)}
+    unknown = sorted(str(k) for k in set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown RivaConfig fields {unknown}: this checkpoint was written by a newer flair-riva")
+    for name, value in data.items():
+        if name in INT_RANGES:
+            lo, hi = INT_RANGES[name]
+            if type(value) is not int:
+                raise ValueError(f"field {name}: must be an integer, got {value!r}")
+            if not lo <= value <= hi:
+                raise ValueError(f"field {name}: {value} is outside [{lo}, {hi}]")
+        elif name in FLOAT_RANGES:
+            lo, hi = FLOAT_RANGES[name]
+            if type(value) not in (int, float) or not math.isfinite(value):
+                raise ValueError(f"field {name}: must be a finite number, got {value!r}")
+            if not lo <= value <= hi:
+                raise ValueError(f"field {name}: {value} is outside [{lo}, {hi}]")
+        elif name in BOOL_FIELDS:
+            if type(value) is not bool:
+                raise ValueError(f"field {name}: must be true or false, got {value!r}")
+        elif name in CHOICES:
+            if value not in CHOICES[name]:
+                raise ValueError(f"field {name}: {value!r} is not one of {', '.join(CHOICES[name])}")
+        elif name == "adaptive_softmax_cutoffs" and not _increasing_ints(value):
+            raise ValueError(f"field {name}: must be 1 to 16 increasing positive integers, got {value!r}")
+    merged = {**RivaConfig().to_dict(), **data}
+    if merged["visual_dim"] % merged["num_heads"]:
+        raise ValueError(f"field num_heads: {merged['num_heads']} does not divide visual_dim {merged['visual_dim']}")
+    return RivaConfig(**data)

@@ -544,11 +544,21 @@ def _parse_binary(value: str | None, column: str, path: Path, lineno: int, requi
 
 
 def _resolve_image(value: str | None, base: Path) -> Path | None:
+    """The image path of a data row. A relative path resolves inside ``base`` (the image folder) and may
+    not leave it (``../../etc/passwd`` gives ``None``: no image); an absolute or ``~`` path is used as
+    written (the data file names it). Either way the file must still decode as an image to be used."""
     value = (value or "").strip()
     if not value:
         return None
     path = Path(value).expanduser()
-    return Path(os.path.abspath(path if path.is_absolute() else base / path))
+    if path.is_absolute():
+        return Path(os.path.abspath(path))
+    root = os.path.abspath(base)
+    resolved = os.path.abspath(os.path.join(root, path))
+    if os.path.commonpath([root, resolved]) != root:
+        log.debug("image path %r leaves the image folder %s: ignored", value, root)
+        return None
+    return Path(resolved)
 
 
 def _text_and_tokens(text: str, path: Path, lineno: int) -> tuple[str, list[str]]:

@@ -174,8 +174,19 @@ class RivaEmbeddings(TokenEmbeddings):
         """A frozen RIVA stays in eval mode (no dropout) while the tagger trains (FlairEmbeddings idiom)."""
         return super().train(self.fine_tune and mode)
 
+    def _everything_embedded(self, data_points) -> bool:
+        # Flair calls an all-empty list "embedded" (no token lacks a vector); the metadata is still due
+        return super()._everything_embedded(data_points) and all(
+            len(s) > 0 or s.has_metadata(RELEVANCE_KEY) for s in data_points)
+
     def _add_embeddings_internal(self, sentences: list[Sentence]) -> list[Sentence]:
         batch = [s for s in sentences if len(s) > 0]  # an empty Sentence has no token to embed
+        for sentence in sentences:
+            # ... but it carries the riva_* metadata like every other sentence (an image-less item)
+            if len(sentence) == 0 and (self.use_image or not sentence.has_metadata(RELEVANCE_KEY)):
+                sentence.add_metadata(RELEVANCE_KEY, 0.0)
+                sentence.add_metadata(ATTENTION_KEY, None)
+                sentence.add_metadata(REASON_KEY, "empty sentence")
         if not batch:
             return sentences
         grad = self.fine_tune and self.training and torch.is_grad_enabled()

@@ -491,9 +491,17 @@ class RivaModel(nn.Module):
 
     @classmethod
     def load(cls, directory: str | Path, map_location: str | torch.device | None = None) -> RivaModel:
-        """Load a directory written by :meth:`save`. Reads JSON and safetensors only: never unpickles."""
-        from safetensors import SafetensorError
+        """Load a directory written by :meth:`save`. Reads JSON and safetensors only: never unpickles.
+
+        Nothing in the directory is trusted before it is checked: every config field (type and range,
+        :func:`~flair_riva.config.validate_config_dict`), the recorded vocabulary sizes, the file sizes,
+        and the weights file's tensor names and shapes (read from its header and compared with a model
+        built on the meta device) are checked before the model is allocated. Every failure is a
+        :class:`CheckpointError` naming the file and field."""
+        from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
+
+        from flair_riva.config import validate_config_dict
 
         directory = Path(directory)
         if not directory.is_dir():
@@ -501,28 +509,63 @@ class RivaModel(nn.Module):
         for name in (CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE):
             if not (directory / name).is_file():
                 raise CheckpointError(f"{directory} is not a RIVA model directory: {name} is missing")
-        try:
-            meta = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
-            version = meta["format_version"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{directory / CONFIG_FILE} is not a valid RIVA config: {exc}") from exc
+        meta = _read_bounded_json(directory / CONFIG_FILE, MAX_CONFIG_BYTES)
+        if not isinstance(meta, dict) or "format_version" not in meta:
+            raise CheckpointError(f"{directory / CONFIG_FILE} is not a valid RIVA config: no format_version")
+        version = meta["format_version"]
         if version != FORMAT_VERSION:
             raise CheckpointError(
-                f"{directory} was written in RIVA format version {version} (flair-riva "
+                f"{directory} was written in RIVA format version {version!r} (flair-riva "
                 f"{meta.get('flair_riva_version', '?')}); this flair-riva reads version {FORMAT_VERSION}"
             )
         try:
-            config = RivaConfig.from_dict(meta["config"])
-            vocab = Vocabulary.from_json((directory / VOCAB_FILE).read_text(encoding="utf-8"))
+            config = validate_config_dict(meta.get("config"))
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"{directory / CONFIG_FILE}: bad config: {exc}") from exc
+        sizes = {}
+        for key, limit in (("vocab_size", MAX_VOCAB_WORDS), ("num_chars", MAX_VOCAB_CHARS)):
+            value = meta.get(key)
+            if type(value) is not int or not 2 <= value <= limit:
+                raise CheckpointError(f"{directory / CONFIG_FILE}: field {key}: {value!r} is not an integer in "
+                                      f"[2, {limit}]")
+            sizes[key] = value
+        # the shapes this config and these sizes give, on the meta device (no memory, no time)
+        try:
+            with torch.device("meta"):
+                skeleton = cls(config, _SizedVocabulary(sizes["vocab_size"], sizes["num_chars"]))
+            expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+        except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as exc:
+            raise CheckpointError(f"{directory / CONFIG_FILE}: the config does not give a valid model: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+        del skeleton
+        weights_path = directory / WEIGHTS_FILE
+        try:
+            with safe_open(str(weights_path), framework="pt") as handle:
+                found = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}  # noqa: SIM118
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{weights_path} cannot be read: {exc}") from exc
+        if found != expected:
+            missing = sorted(set(expected) - set(found))
+            extra = sorted(set(found) - set(expected))
+            wrong = sorted(k for k in set(found) & set(expected) if found[k] != expected[k])
+            parts = [f"missing {missing[:3]}" if missing else "", f"unexpected {extra[:3]}" if extra else "",
+                     ", ".join(f"{k} is {found[k]} not {expected[k]}" for k in wrong[:3])]
+            raise CheckpointError(f"{directory}: weights do not fit the recorded config: "
+                                  f"{'; '.join(p for p in parts if p)}")
+        # vocab.json: a word costs at most a tweet's length in JSON escapes; bounded by the recorded sizes
+        vocab_limit = 4096 + 2048 * sizes["vocab_size"] + 64 * sizes["num_chars"]
+        vocab_data = _read_bounded_json(directory / VOCAB_FILE, vocab_limit)
+        try:
+            vocab = Vocabulary.from_data(vocab_data)
         except (ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{directory}: bad config or vocabulary: {exc}") from exc
-        if len(vocab) != meta.get("vocab_size") or vocab.num_chars != meta.get("num_chars"):
+            raise CheckpointError(f"{directory / VOCAB_FILE}: bad vocabulary: {exc}") from exc
+        if len(vocab) != sizes["vocab_size"] or vocab.num_chars != sizes["num_chars"]:
             raise CheckpointError(f"{directory}: vocab.json does not match the sizes recorded in config.json")
         device = torch.device(map_location) if map_location is not None else torch.device("cpu")
         try:
-            state = load_file(str(directory / WEIGHTS_FILE), device=str(device))
+            state = load_file(str(weights_path), device=str(device))
         except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{directory / WEIGHTS_FILE} cannot be read: {exc}") from exc
+            raise CheckpointError(f"{weights_path} cannot be read: {exc}") from exc
         model = cls(config, vocab, backbone_weights=None)
         try:
             model.load_state_dict(state, strict=True)
@@ -533,3 +576,42 @@ class RivaModel(nn.Module):
     def num_parameters(self) -> dict[str, int]:
         """Parameter count per part (see :meth:`parameter_groups`)."""
         return {k: sum(p.numel() for p in ps) for k, ps in self.parameter_groups().items()}
+
+
+#: Bounds on what :meth:`RivaModel.load` reads before checking it.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_VOCAB_WORDS = 10_000_000
+MAX_VOCAB_CHARS = 1_000_000
+
+
+class _SizedVocabulary:
+    """Stands in for a :class:`Vocabulary` of known sizes when building a model on the meta device."""
+
+    def __init__(self, words: int, chars: int) -> None:
+        self.words_count, self.num_chars = words, chars
+
+    def __len__(self) -> int:
+        return self.words_count
+
+
+def _read_bounded_json(path: Path, limit: int):
+    """Parse a JSON file of at most ``limit`` bytes (regular files only); a :class:`CheckpointError` otherwise."""
+    import os
+    import stat
+
+    try:
+        with open(path, "rb") as handle:
+            st = os.fstat(handle.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise CheckpointError(f"{path} is not a regular file")
+            if st.st_size > limit:
+                raise CheckpointError(f"{path} is {st.st_size} bytes, more than the {limit} this model can need")
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise CheckpointError(f"{path} cannot be read: {exc}") from exc
+    if len(data) > limit:
+        raise CheckpointError(f"{path} holds more than the {limit} bytes this model can need")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc

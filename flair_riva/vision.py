@@ -53,9 +53,10 @@ VISUAL_DIM = 512
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-MAX_IMAGE_PIXELS = 64_000_000
+MAX_IMAGE_PIXELS = 4096 * 4096
 """Images with more pixels than this (width x height, read from the header before decoding) are
-rejected as ``"decompression bomb"``. Independent of PIL's global ``Image.MAX_IMAGE_PIXELS``, whose
+rejected as ``"decompression bomb"``. Twitter serves images of at most 4096 x 4096 (~17 M pixels); an
+RGBA image of that size takes ~270 MB to decode. Independent of PIL's global ``Image.MAX_IMAGE_PIXELS``, whose
 warning/error is also caught. Tests and users may change this module attribute."""
 MAX_FILE_BYTES = 100 * 1024 * 1024
 """Files larger than this are rejected as ``"file too large"`` without being read."""
@@ -121,7 +122,13 @@ def _read_file(path: str | Path | None) -> tuple[str | None, bytes | None, str |
         return path_str, None, "file too large", f"{st.st_size} bytes > MAX_FILE_BYTES={MAX_FILE_BYTES}"
     try:
         with open(path_str, "rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
+            # never reserve more than the file can hold: read(n) allocates n bytes up front
+            data = f.read(min(st.st_size, MAX_FILE_BYTES) + 1)
+            while st.st_size < len(data) <= MAX_FILE_BYTES:  # the file grew after stat: read on in 1 MiB steps
+                chunk = f.read(min(1 << 20, MAX_FILE_BYTES + 1 - len(data)))
+                if not chunk:
+                    break
+                data += chunk
     except FileNotFoundError:  # deleted between stat and open
         return path_str, None, "missing", None
     except IsADirectoryError:
@@ -209,6 +216,19 @@ def _riff_truncated(data: bytes) -> bool:
 
 def _decode(data: bytes) -> tuple[torch.Tensor | None, str | None, str | None]:
     """Decode image bytes to normalised pixels. Returns ``(pixels, reason, detail)``."""
+    rgb, reason, detail = _decode_rgb(data, resize=True)
+    if rgb is None:
+        return None, reason, detail
+    arr = np.asarray(rgb, dtype=np.float32)
+    pixels = torch.from_numpy(arr / 255.0).permute(2, 0, 1)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
+    return ((pixels - mean) / std).contiguous(), None, None
+
+
+def _decode_rgb(data: bytes, resize: bool) -> tuple[Image.Image | None, str | None, str | None]:
+    """The one decoder of the package: image bytes -> an RGB PIL image (first frame, EXIF-rotated),
+    224 x 224 when ``resize``, with every limit of :func:`load_image`. Returns ``(image, reason, detail)``."""
     with warnings.catch_warnings():
         # local to this call: PIL's bomb warning becomes an error, its other warnings (odd EXIF,
         # palette transparency) are noise for a batch job
@@ -223,7 +243,7 @@ def _decode(data: bytes) -> tuple[torch.Tensor | None, str | None, str | None]:
                 return None, "decompression bomb", f"{width}x{height} > MAX_IMAGE_PIXELS={MAX_IMAGE_PIXELS}"
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)  # GIF / APNG / animated WebP: the first frame
-            if im.format in ("JPEG", "MPO"):
+            if resize and im.format in ("JPEG", "MPO"):
                 # decode at a reduced DCT scale when the image is >= 2x the target in both sides
                 im.draft(None, (IMAGE_SIZE, IMAGE_SIZE))
             im.load()  # decodes now; a truncated file raises OSError (LOAD_TRUNCATED_IMAGES is left off)
@@ -249,15 +269,15 @@ def _decode(data: bytes) -> tuple[torch.Tensor | None, str | None, str | None]:
         except Exception as err:
             return None, "unsupported mode", f"mode {im.mode}: {err}"
         try:
-            rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
-            arr = np.asarray(rgb, dtype=np.float32)
+            if resize:
+                rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+            else:
+                rgb.load()
+                rgb = rgb.copy() if rgb is im else rgb
         except Exception as err:
             reason, detail = _classify_decode_error(err)
             return None, reason, detail
-    pixels = torch.from_numpy(arr / 255.0).permute(2, 0, 1)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
-    return ((pixels - mean) / std).contiguous(), None, None
+    return rgb, None, None
 
 
 def decode_image_bytes(data: bytes, path: str | None = None) -> LoadedImage:
@@ -283,6 +303,44 @@ def load_image(path: str | Path | None) -> LoadedImage:
     if not loaded.ok:
         log.debug("image %s: %s (%s)", path_str, loaded.reason, loaded.detail)
     return loaded
+
+
+def load_picture(path: str | Path | None) -> tuple[Image.Image | None, str | None]:
+    """An image file as an RGB PIL image for display (EXIF-rotated, first frame, full size), read and
+    decoded by :func:`load_image`'s code with the same limits. Returns
+    ``(image, None)`` or ``(None, reason)``; never raises for a bad file."""
+    path_str, data, reason, detail = _read_file(path)
+    if data is None:
+        return None, reason
+    rgb, reason, detail = _decode_rgb(data, resize=False)
+    if rgb is None:
+        log.debug("image %s: %s (%s)", path_str, reason, detail)
+    return rgb, reason
+
+
+def probe_image(path: str | Path | None) -> str | None:
+    """Cheap usability check of an image file without decoding its pixels: ``None`` when the file is a
+    regular file within :data:`MAX_FILE_BYTES` whose content PIL identifies as an image of at most
+    :data:`MAX_IMAGE_PIXELS`, else the reason (as in :func:`load_image`). Never raises for a bad file.
+    Truncated pixel data is only found by decoding (:func:`load_image`)."""
+    _, data, reason, _ = _read_file(path)
+    if data is None:
+        return reason
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            return "decompression bomb"
+        except Exception:  # UnidentifiedImageError and every parser error
+            return "corrupt"
+    if width <= 0 or height <= 0:
+        return "corrupt"
+    if width * height > MAX_IMAGE_PIXELS:
+        return "decompression bomb"
+    return None
 
 
 def file_sha256(path: str | Path | None) -> tuple[str | None, str | None]:
@@ -446,7 +504,11 @@ class RegionExtractor(nn.Module):
             else:
                 state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as err:
-            raise ValueError(f"cannot read backbone weights file {path}: {type(err).__name__}: {err}"
+            # torch's unpickling message spans several lines: keep its first line (errors are one line)
+            first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+            hint = (" (only tensors are loaded, weights_only=True: save a plain state dict, or .safetensors)"
+                    if "weights_only" in str(err) or "Unsupported global" in str(err) else "")
+            raise ValueError(f"cannot read backbone weights file {path}: {type(err).__name__}: {first}{hint}"
                              ) from err
         for wrapper in ("state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
@@ -542,6 +604,20 @@ class RegionExtractor(nn.Module):
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 CACHE_FORMAT = 1
+MAX_CACHE_ENTRY_BYTES = (NUM_REGIONS + 1) * VISUAL_DIM * 4 + 64 * 1024
+"""Largest cache entry read: the float32 tensors plus a generous header."""
+
+
+def _safetensors_metadata(data: bytes) -> dict:
+    """The ``__metadata__`` of safetensors bytes (header length checked against the data)."""
+    if len(data) < 8:
+        raise ValueError("shorter than a safetensors header")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise ValueError("header length beyond the data")
+    header = json.loads(data[8:8 + n].decode("utf-8"))
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
 
 
 class FeatureCache:
@@ -615,12 +691,16 @@ class FeatureCache:
                 self.misses += 1
 
     def get(self, sha256: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(regions (49, 512), pooled (512,))`` float32, or ``None`` on a miss."""
+        """``(regions (49, 512), pooled (512,))`` float32, or ``None`` on a miss.
+
+        Reads are guarded like image reads: only a regular file is read (a FIFO, device or symlink to one
+        is never opened for blocking reads), at most :data:`MAX_CACHE_ENTRY_BYTES`, and the content is
+        checked (tensor names, shapes, finite values, and the sha256 and fingerprint stored in the entry
+        must be this key's). Anything else is a logged miss."""
         path = self.path_for(sha256)
         try:
-            with open(path, "rb") as f:
-                st = os.fstat(f.fileno())
-                data = f.read()
+            # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below)
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         except FileNotFoundError:
             self._count(False)
             return None
@@ -629,14 +709,33 @@ class FeatureCache:
             self._count(False)
             return None
         try:
+            with os.fdopen(fd, "rb") as f:
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    log.warning("feature cache: %s is not a regular file; treating as a miss", path)
+                    self._count(False)
+                    return None
+                data = f.read(min(st.st_size, MAX_CACHE_ENTRY_BYTES) + 1)
+        except OSError as err:
+            log.warning("feature cache: cannot read %s (%s); treating as a miss", path, err)
+            self._count(False)
+            return None
+        try:
             from safetensors.torch import load as st_load
 
+            if len(data) > MAX_CACHE_ENTRY_BYTES:
+                raise ValueError(f"more than MAX_CACHE_ENTRY_BYTES={MAX_CACHE_ENTRY_BYTES} bytes")
+            meta = _safetensors_metadata(data)
+            if meta.get("sha256") != sha256 or meta.get("fingerprint") != self.fingerprint:
+                raise ValueError("the entry's stored sha256/fingerprint is not this key's")
             tensors = st_load(data)
             regions, pooled = tensors["regions"], tensors["pooled"]
             if tuple(regions.shape) != (NUM_REGIONS, VISUAL_DIM) or tuple(pooled.shape) != (VISUAL_DIM,):
                 raise ValueError(f"shapes {tuple(regions.shape)}, {tuple(pooled.shape)}")
             if not regions.dtype.is_floating_point or not pooled.dtype.is_floating_point:
                 raise ValueError(f"dtypes {regions.dtype}, {pooled.dtype}")
+            if not bool(torch.isfinite(regions).all()) or not bool(torch.isfinite(pooled).all()):
+                raise ValueError("non-finite values")
         except Exception as err:
             log.warning("feature cache: removing corrupt entry %s (%s: %s); treating as a miss",
                         path, type(err).__name__, err)

@@ -275,21 +275,16 @@ def draw_table7(sentence: Sentence, out_png: str | Path, image_path: str | Path 
 
 
 def _open_picture(path: str | Path | None) -> Image.Image | None:
-    """The image as RGB for display (EXIF-rotated), or None when it cannot be read."""
+    """The image as RGB for display (EXIF-rotated), or None when it cannot be read. Decoded by
+    :func:`flair_riva.vision.load_picture`, the package's one decoder, with :func:`load_image`'s limits."""
     if path is None:
         return None
-    try:
-        from PIL import ImageOps
+    from flair_riva.vision import load_picture
 
-        from flair_riva.vision import to_rgb
-
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            return to_rgb(im).copy()
-    except Exception as err:  # missing, a directory, corrupt, truncated, ...
-        log.debug("cannot display image %s: %s", path, err)
-        return None
+    picture, reason = load_picture(path)
+    if picture is None:
+        log.debug("cannot display image %s: %s", path, reason)
+    return picture
 
 
 # --------------------------------------------------------------------------------------------------

@@ -281,7 +281,9 @@ def test_bad_inputs_never_break_a_batch_of_good_sentences(emb, tmp_path, flair_l
     for reason in ("is a directory", "corrupt", "truncated", "empty file", "missing", "no path", "is a int"):
         assert reason in lines[0], (reason, lines[0])
 
-    assert len(bad[0]) == 0 and not bad[0].has_metadata("riva_relevance")
+    assert len(bad[0]) == 0 and bad[0].get_metadata("riva_relevance") == 0.0  # README: every sentence has it
+    assert bad[0].get_metadata("riva_image_reason") == "empty sentence"
+    assert bad[0].get_metadata("riva_attention") is None
     expected_reasons = ["is a directory", "corrupt", "truncated", "empty file", "missing"]
     for sentence, reason in zip(bad[1:6], expected_reasons):
         assert sentence.get_metadata("riva_image_reason") == reason
@@ -308,6 +310,9 @@ def test_bad_inputs_never_break_a_batch_of_good_sentences(emb, tmp_path, flair_l
 def test_only_empty_sentences(emb):
     sentences = [Sentence(""), Sentence([])]
     assert emb.embed(sentences) == sentences
+    for sentence in sentences:
+        assert sentence.get_metadata("riva_relevance") == 0.0 and RivaEmbeddings.attention_map(sentence) is None
+        assert RivaEmbeddings.relevance(sentence) == 0.0
 
 
 def test_missing_images_are_logged_once_per_batch_not_per_token(emb, flair_log):

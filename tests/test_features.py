@@ -20,6 +20,7 @@ import torchvision
 
 from flair_riva import features as features_cli
 from flair_riva.vision import (
+    MAX_CACHE_ENTRY_BYTES,
     FeatureCache,
     ImageFeaturizer,
     RegionExtractor,
@@ -207,6 +208,53 @@ def test_cache_corrupt_entry_is_a_miss(tmp_path, flair_warnings):
     assert cache.misses == 2 and cache.hits == 0
     cache.put(sha("a"), *entry(4))
     assert torch.equal(cache.get(sha("a"))[1], entry(4)[1])
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo")
+def test_cache_fifo_entry_is_a_miss_not_a_hang(tmp_path, flair_warnings):
+    cache = FeatureCache(tmp_path, FP)
+    path = cache.path_for(sha("a"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)
+    result = []
+    reader = threading.Thread(target=lambda: result.append(cache.get(sha("a"))), daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    if reader.is_alive():  # release the blocked reader before failing
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("FeatureCache.get blocked on a FIFO")
+    assert result == [None] and any("not a regular file" in m for m in flair_warnings)
+
+
+def test_cache_symlink_to_a_device_is_a_miss(tmp_path, flair_warnings):
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("needs /dev/zero")
+    cache = FeatureCache(tmp_path, FP)
+    path = cache.path_for(sha("a"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink("/dev/zero", path)
+    assert cache.get(sha("a")) is None  # no endless read, no MemoryError
+
+
+def test_cache_entry_content_is_checked(tmp_path, flair_warnings):
+    cache = FeatureCache(tmp_path, FP)
+    regions, pooled = entry(1)
+    cache.put(sha("nan"), regions.clone().fill_(float("nan")), pooled)
+    assert cache.get(sha("nan")) is None                                  # NaN is never returned
+    cache.put(sha("a"), regions, pooled)
+    cache.path_for(sha("b")).parent.mkdir(parents=True, exist_ok=True)
+    os.replace(cache.path_for(sha("a")), cache.path_for(sha("b")))        # an entry under another key
+    assert cache.get(sha("b")) is None
+    other = FeatureCache(tmp_path / "other", "cd" * 32)
+    other.put(sha("c"), regions, pooled)
+    cache.path_for(sha("c")).parent.mkdir(parents=True, exist_ok=True)
+    os.replace(other.path_for(sha("c")), cache.path_for(sha("c")))       # another backbone's entry
+    assert cache.get(sha("c")) is None
+    big = cache.path_for(sha("d"))
+    big.parent.mkdir(parents=True, exist_ok=True)
+    big.write_bytes(b"\0" * (MAX_CACHE_ENTRY_BYTES + 10))         # oversized
+    assert cache.get(sha("d")) is None
+    assert cache.hits == 0 and sum("corrupt entry" in m for m in flair_warnings) == 4
 
 
 def test_cache_concurrent_threads(tmp_path):

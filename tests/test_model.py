@@ -190,6 +190,69 @@ def test_incompatible_format_version_is_a_clear_error(model, tmp_path):
         RivaModel.load(tmp_path / "nothing")
 
 
+def _tamper(directory, config=None, meta=None, vocab=None):
+    data = json.loads((directory / "config.json").read_text())
+    data["config"].update(config or {})
+    data.update(meta or {})
+    (directory / "config.json").write_text(json.dumps(data))
+    if vocab is not None:
+        (directory / "vocab.json").write_text(json.dumps(vocab))
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"rgn_layers": 10**6}, "rgn_layers"),
+    ({"vlcn_hidden_size": 4096}, "vlcn"),          # in range: the weights' shapes say otherwise
+    ({"rgn_hidden_size": 10**9}, "rgn_hidden_size"),
+    ({"num_heads": 0}, "num_heads"),
+    ({"num_heads": 7}, "num_heads"),
+    ({"backbone": "resnet50"}, "backbone"),
+    ({"adaptive_softmax_cutoffs": [10, 5]}, "adaptive_softmax_cutoffs"),
+    ({"word_dim": 16.0}, "word_dim"),
+    ({"word_dim": True}, "word_dim"),
+    ({"dropout": float("nan")}, "dropout"),
+    ({"use_image": "yes"}, "use_image"),
+])
+def test_hostile_config_is_a_fast_checkpoint_error(model, tmp_path, changes, field):
+    import time
+
+    directory = tmp_path / "riva"
+    model.save(directory)
+    _tamper(directory, config=changes)
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match=field):
+        RivaModel.load(directory)
+    assert time.perf_counter() - start < 5.0
+
+
+@pytest.mark.parametrize("meta, words, expect", [
+    ({"vocab_size": 10**7}, None, "weights do not fit"),     # checked against the header before vocab.json is read
+    ({"vocab_size": 10**9}, None, "vocab_size"),
+    ({"num_chars": "many"}, None, "num_chars"),
+    (None, "non-string", "not a non-empty string"),
+    (None, "empty", "not a non-empty string"),
+    (None, "duplicate", "twice"),
+])
+def test_bad_vocabulary_is_a_checkpoint_error(model, tmp_path, meta, words, expect):
+    directory = tmp_path / "riva"
+    model.save(directory)
+    vocab = None
+    if words is not None:
+        vocab = json.loads((directory / "vocab.json").read_text())
+        vocab["words"][-1] = {"non-string": 7, "empty": "", "duplicate": vocab["words"][-2]}[words]
+    _tamper(directory, meta=meta, vocab=vocab)
+    with pytest.raises(CheckpointError, match=expect):
+        RivaModel.load(directory)
+
+
+def test_oversized_vocab_file_is_refused_before_parsing(model, tmp_path):
+    directory = tmp_path / "riva"
+    model.save(directory)
+    with open(directory / "vocab.json", "w") as handle:  # 10**6 extra words, far beyond the recorded size
+        json.dump({"words": [f"w{i}" for i in range(10**6)], "chars": ["<pad>", "<unk>"]}, handle)
+    with pytest.raises(CheckpointError, match="more than"):
+        RivaModel.load(directory)
+
+
 def test_unknown_config_field_is_reported():
     with pytest.raises(ValueError, match="newer flair-riva"):
         RivaConfig.from_dict({"word_dim": 10, "quantum_layers": 3})

@@ -498,3 +498,142 @@ def test_cli_help_lists_every_table2_option(capsys):
                    "--word-dim", "--epochs", "--teacher-epochs", "--threshold", "--freeze-backbone", "--resume",
                    "--checkpoint-every", "--keep-checkpoints", "--no-image", "--no-gate", "--backbone-weights"):
         assert option in text, option
+
+
+# -- hostile files and bad options (issue 11) -------------------------------------------------------------------
+
+
+class _Payload:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _base_cli(world, out, cache_dir) -> list[str]:
+    return ["--output", str(out), "--demo-dir", str(world.root), "--feature-cache", str(cache_dir), *TINY_CLI]
+
+
+def test_pickled_backbone_weights_error_is_one_line(world, cache_dir, tmp_path, no_training, capsys):
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil.pth"
+    torch.save({"conv1.weight": _Payload(str(marker))}, evil)
+    base = _base_cli(world, tmp_path / "out", cache_dir)
+    base[base.index("--backbone-weights") + 1] = str(evil)
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "evil.pth" in err and not marker.exists()
+
+
+def test_pickled_word_vectors_are_refused_by_the_pretrainer(world, cache_dir, tmp_path, no_training, capsys):
+    import pickle
+
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil.kv"
+    evil.write_bytes(pickle.dumps(_Payload(str(marker))))
+    assert main([*_base_cli(world, tmp_path / "out", cache_dir), "--word-vectors", str(evil)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "convert_vectors" in err, err
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("option", [["--lr", "-1"], ["--lr", "nan"], ["--word-dim", "0"], ["--rgn-layers", "0"],
+                                    ["--vlcn-hidden-size", "0"], ["--num-heads", "0"], ["--backbone-lr", "-1"],
+                                    ["--clip", "-1"], ["--patience", "-1"], ["--dropout", "1.5"], ["--seed", "-1"]])
+def test_bad_numeric_options_exit_2_before_writing(option, world, cache_dir, tmp_path, no_training, capsys):
+    out = tmp_path / "out"
+    assert main([*_base_cli(world, out, cache_dir), *option]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {option[0]} ") and err.count("\n") == 1, err
+    assert not out.exists(), "nothing may be written for a bad option"
+
+
+@pytest.mark.parametrize("mode, stage", [("joint", "stage 3"), ("teacher", "stage 1")])
+def test_nan_loss_stops_the_run_naming_stage_and_update(tiny_vocab, mode, stage):
+    torch.manual_seed(0)
+    model = RivaModel(RivaConfig(**TINY), tiny_vocab).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    runner = StepRunner(model, VisualSource(None), DistContext(), {mode: optimizer}, clip=5.0)
+    runner.step(mode, _batch(tiny_vocab))
+    with torch.no_grad():
+        model.rgn.classifier.weight.fill_(float("nan"))
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    with pytest.raises(PretrainError, match=f"non-finite loss .*in {stage}.*update 2"):
+        runner.step(mode, _batch(tiny_vocab, seed=1))
+    assert all(torch.equal(p, before[k]) or torch.isnan(before[k]).any() for k, p in model.named_parameters())
+
+
+def test_update_that_makes_weights_non_finite_stops_the_run(tiny_vocab):
+    torch.manual_seed(0)
+    model = RivaModel(RivaConfig(**TINY), tiny_vocab).train()
+    groups = model.parameter_groups()
+    optimizer = torch.optim.SGD([{"params": groups["rgn"], "lr": float("inf")}], lr=0.1)  # as --backbone-lr -1 did
+    runner = StepRunner(model, VisualSource(None), DistContext(), {"rgn": optimizer}, clip=0.0)
+    with pytest.raises(PretrainError, match="non-finite weights after the update in stage 3"):
+        runner.step("rgn", _batch(tiny_vocab))
+
+
+def test_relation_images_must_be_images_and_fail_early(world, cache_dir, tmp_path, no_training):
+    """Rows pointing at system files pass an existence check; they must fail as unusable, before any write."""
+    (tmp_path / "notes.jpg").write_text("not a picture")
+    hostile = ["/etc/passwd", "/proc/self/environ", "~/.bashrc", "notes.jpg", "../../../../etc/passwd"]
+    rows = [(f"look at {w} today", hostile[i % len(hostile)], i % 2) for i, w in enumerate("abcdefghij")]
+    relation = _relation_file(tmp_path / "rel.tsv", rows)
+    args = _data_args(world, tmp_path, cache_dir, relation)
+    args.image_dir = str(tmp_path)
+    with pytest.raises(PretrainError, match=r"every image of the relation data .* is unusable: 10 pairs") as info:
+        run_pretraining(args)
+    assert "corrupt" in str(info.value) and "no path" in str(info.value)  # ../ escapes the image folder: no path
+    assert not (tmp_path / "out").exists(), "bad input must not leave a run folder"
+
+
+def test_a_run_that_failed_on_its_data_does_not_block_the_corrected_rerun(world, cache_dir, tmp_path, no_training):
+    good = [(f"look at {w} today", f"images/person_00{i % 4}.png", i % 2) for i, w in enumerate("abcdefghij")]
+    relation = _relation_file(tmp_path / "rel.tsv", good)
+    unlabelled = tmp_path / "u.jsonl"
+    unlabelled.write_text('{"text": "hello there", "image": "/etc/passwd"}\n' * 5, encoding="utf-8")
+    args = _data_args(world, tmp_path, cache_dir, relation, unlabelled)
+    with pytest.raises(PretrainError, match=r"every image of the 5 unlabelled pairs .* unusable \(5 corrupt"):
+        run_pretraining(args)
+    unlabelled.write_text('{"text": "hello there", "image": "images/person_000.png"}\n' * 5, encoding="utf-8")
+    with pytest.raises(AssertionError, match="training started"):  # the same command now gets to training
+        run_pretraining(args)
+    assert (tmp_path / "out" / "vocab.json").is_file()
+
+
+def test_resume_compares_resolved_paths_and_never_suggests_deleting(demo_run, world, cache_dir, tmp_path,
+                                                                     no_training, monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(demo_run.parent)
+    moved = tmp_path / "moved"
+    shutil.copytree(demo_run, moved)
+    for output in (f"{demo_run}/", f"./{demo_run.name}", demo_run.name, str(moved)):
+        with pytest.raises(AssertionError, match="training started"):  # accepted as the same run, resumed
+            run_pretraining(tiny_args(world, output, cache_dir, resume=True))
+    for changes in ({}, {"epochs": 3}):
+        with pytest.raises(PretrainError, match="--resume") as info:
+            run_pretraining(tiny_args(world, f"./{demo_run.name}/", cache_dir, **changes))
+        assert "overwrite" not in str(info.value)
+
+
+def test_unwritable_output_is_a_one_line_error(world, cache_dir, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(_base_cli(world, blocker / "run", cache_dir)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --output") and "not a writable folder" in err and err.count("\n") == 1
+
+
+def test_unusable_feature_cache_warns_and_computes(world, tmp_path):
+    from flair_riva.pretrain.trainer import Pretrainer
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    pretrainer = Pretrainer(tiny_args(world, tmp_path / "out", blocker / "cache"), DistContext())
+    featurizer = pretrainer.featurizer()
+    assert featurizer.cache is None
+    features = featurizer([str(world.root / "images" / "person_000.png")])
+    assert bool(features.has_image[0])

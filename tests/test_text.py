@@ -11,11 +11,14 @@ from flair_riva.text import (
     PAD_ID,
     UNK_ID,
     CharEncoder,
+    UnsafeWordVectorsError,
     Vocabulary,
+    convert_word_vectors,
     encode_batch,
     init_word_embedding,
     load_word_vectors,
     normalize_word,
+    save_word_vectors,
     tokenize_tweet,
 )
 
@@ -70,7 +73,7 @@ def test_char_encoder_is_padding_invariant():
     assert torch.all(b[:, 2] == 0)
 
 
-@pytest.mark.parametrize("layout", ["glove", "word2vec", "glove_gz", "kv", "bin"])
+@pytest.mark.parametrize("layout", ["glove", "word2vec", "glove_gz", "kv", "bin", "safetensors"])
 def test_word_vectors_through_gensim(tmp_path, layout):
     from gensim.models import KeyedVectors
 
@@ -89,9 +92,14 @@ def test_word_vectors_through_gensim(tmp_path, layout):
     else:
         kv = KeyedVectors(3)
         kv.add_vectors(list(words), [v for v in words.values()])
-        path = tmp_path / ("vec.kv" if layout == "kv" else "vec.bin")
-        kv.save(str(path)) if layout == "kv" else kv.save_word2vec_format(str(path), binary=True)
-    kv = load_word_vectors(path)
+        path = tmp_path / f"vec.{layout}"
+        if layout == "kv":
+            kv.save(str(path))  # pickled: loads only with trust_pickle=True
+        elif layout == "bin":
+            kv.save_word2vec_format(str(path), binary=True)
+        else:
+            save_word_vectors(kv, path)
+    kv = load_word_vectors(path, trust_pickle=layout == "kv")
     assert kv.vector_size == 3 and "paris" in kv.key_to_index
     vocab = Vocabulary.build([["Paris", "the", "jordan", "oov"]], min_count=1)
     emb = torch.nn.Embedding(len(vocab), 3)
@@ -100,6 +108,56 @@ def test_word_vectors_through_gensim(tmp_path, layout):
     torch.testing.assert_close(emb.weight[vocab.word_id("Paris")], torch.tensor([0.1, 0.2, 0.3]))
     torch.testing.assert_close(emb.weight[vocab.word_id("jordan")], torch.tensor([0.5, 0.5, 0.5]))
     assert torch.all(emb.weight[PAD_ID] == 0)
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: the stand-in for an attacker's code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("name", ["evil.kv", "evil.model", "evil.txt", "evil.bin"])
+def test_pickled_word_vectors_are_refused_without_running_code(tmp_path, name):
+    import pickle
+
+    marker = tmp_path / "PWNED"
+    path = tmp_path / name
+    path.write_bytes(pickle.dumps(_Payload(marker), protocol=4))
+    with pytest.raises(UnsafeWordVectorsError, match="convert_vectors --trust-pickle"):
+        load_word_vectors(path)
+    assert not marker.exists()
+
+
+def test_pickled_gensim_file_converts_to_the_safe_format(tmp_path):
+    from gensim.models import KeyedVectors
+
+    from flair_riva.convert_vectors import main
+
+    kv = KeyedVectors(2)
+    kv.add_vectors(["a", "b"], [[1.0, 2.0], [3.0, 4.0]])
+    kv.save(str(tmp_path / "v.kv"))
+    assert main([str(tmp_path / "v.kv"), str(tmp_path / "v.safetensors")]) == 2  # needs --trust-pickle
+    assert main(["--trust-pickle", str(tmp_path / "v.kv"), str(tmp_path / "v.safetensors")]) == 0
+    again = load_word_vectors(tmp_path / "v.safetensors")
+    assert again.index_to_key == ["a", "b"] and again["b"].tolist() == [3.0, 4.0]
+    convert_word_vectors(tmp_path / "v.safetensors", tmp_path / "w.safetensors")
+    assert load_word_vectors(tmp_path / "w.safetensors").vector_size == 2
+
+
+def test_damaged_safe_word_vectors_are_a_clear_error(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "v.safetensors"
+    save_file({"vectors": torch.zeros(2, 3)}, str(path), metadata={"words": '["a", "a"]'})
+    with pytest.raises(ValueError, match="distinct"):
+        load_word_vectors(path)
+    save_file({"vectors": torch.full((1, 3), float("nan"))}, str(path), metadata={"words": '["a"]'})
+    with pytest.raises(ValueError, match="NaN"):
+        load_word_vectors(path)
 
 
 def test_missing_word_vector_file_names_the_alternative(tmp_path):

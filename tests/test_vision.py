@@ -306,6 +306,40 @@ def test_decompression_bomb_own_limit(tmp_path, monkeypatch):
     assert "100x100" in loaded.detail
 
 
+def test_pixel_limit_is_what_tweets_need(tmp_path):
+    assert vision.MAX_IMAGE_PIXELS == 4096 * 4096  # the largest size Twitter serves
+    path = save(Image.new("1", (5000, 5000)), tmp_path / "big.png", "PNG")  # 25 M pixels (64 M were allowed)
+    loaded = load_image(path)
+    assert loaded.reason == "decompression bomb" and "5000x5000" in loaded.detail
+
+
+def test_small_file_reads_reserve_no_large_buffer(tmp_path, monkeypatch):
+    """read(MAX_FILE_BYTES + 1) reserves 100 MiB per image: under a memory limit that is a MemoryError."""
+    import builtins
+
+    path = save(noise(), tmp_path / "a.png", "PNG")
+    size = path.stat().st_size
+    requested = []
+
+    class Recording:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def read(self, n=-1):
+            requested.append(n)
+            return self.handle.read(n)
+
+    monkeypatch.setattr(vision, "open", lambda *a, **k: Recording(builtins.open(*a, **k)), raising=False)  # noqa: SIM115
+    assert load_image(path).ok
+    assert requested and max(requested) <= size + 1
+
+
 @pytest.mark.parametrize("side", [40, 100])  # PIL warns above its limit, raises above twice the limit
 def test_decompression_bomb_pil_limit(tmp_path, monkeypatch, recwarn, side):
     path = save(Image.new("RGB", (side, side)), tmp_path / "big.png", "PNG")

@@ -139,3 +139,16 @@ def test_cli_draws_figures_for_a_saved_tagger(tmp_path, capsys):
     pngs = sorted((tmp_path / "figs").glob("*.png"))
     assert len(pngs) == 3 and all(Image.open(p).width > 2 * PANEL for p in pngs)
     assert len(capsys.readouterr().out.strip().splitlines()) == 3
+
+
+def test_pictures_are_decoded_by_load_image_code_with_its_limits(tmp_path, monkeypatch):
+    from flair_riva import vision
+    from flair_riva.visualize import _open_picture
+
+    assert _open_picture(IMAGE).mode == "RGB"
+    monkeypatch.setattr(vision, "MAX_IMAGE_PIXELS", 100)  # one limit for training and display
+    assert _open_picture(IMAGE) is None
+    assert vision.load_picture(IMAGE) == (None, "decompression bomb")
+    not_an_image = tmp_path / "passwd.jpg"
+    not_an_image.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    assert _open_picture(not_an_image) is None

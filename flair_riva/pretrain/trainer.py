@@ -35,6 +35,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -112,6 +113,30 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "backbone_weights": "none", "freeze_backbone": True,
     "word_dim": 100, "rgn_hidden_size": 256, "rgn_layers": 2, "vlcn_hidden_size": 256, "vlcn_layers": 2,
 }
+
+
+#: Unlabelled images checked to be images in stage 0 (the file is streamed: checking all would read every image
+#: twice); checking goes on past this number until one usable image is found.
+UNLABELLED_PROBES = 2000
+
+
+#: run_args.json entries that are paths: compared resolved (symlinks, ``..``, trailing slashes).
+PATH_ARGS = frozenset({"relation_data", "unlabelled", "image_dir", "word_vectors", "demo_dir", "backbone_weights"})
+
+
+def _same_arg(name: str, previous: Any, current: Any) -> bool:
+    if previous == current:
+        return True
+    if name in PATH_ARGS and isinstance(previous, str) and isinstance(current, str):
+        if name == "backbone_weights" and not (os.path.exists(previous) or os.path.exists(current)):
+            return False  # a torchvision weights name, not a path
+        return os.path.realpath(os.path.expanduser(previous)) == os.path.realpath(os.path.expanduser(current))
+    return False
+
+
+def _reason_summary(reasons: Counter, examples: dict[str, Any]) -> str:
+    """``"3 missing (e.g. a.jpg), 2 corrupt (e.g. /etc/passwd)"``: why rows had no usable image."""
+    return ", ".join(f"{n} {reason} (e.g. {examples.get(reason)})" for reason, n in reasons.most_common())
 
 
 class PretrainError(Exception):
@@ -289,6 +314,7 @@ class StepRunner:
         self.ctx = ctx
         self.optimizers = optimizers
         self.clip = clip
+        self.updates: Counter = Counter()  # successful updates per mode, for error messages
         self.module = LossModule(model, source)
         self.wrapped: nn.Module = self.module
         if ctx.distributed:
@@ -305,23 +331,41 @@ class StepRunner:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    STAGES = {"teacher": "stage 1 (teacher)", "joint": "stage 3 (Algorithm 1, pseudo-labelled pass)",
+              "rgn": "stage 3 (Algorithm 1, labelled θ_RGN pass)"}
+
+    def _diverged(self, mode: str, what: str) -> PretrainError:
+        step = self.updates.get(mode, 0) + 1
+        return PretrainError(
+            f"non-finite {what} in {self.STAGES.get(mode, mode)}, update {step} of this run: training diverged "
+            "(lower --lr / --backbone-lr, or set --clip); nothing from this update was saved")
+
     def step(self, mode: str, batch: PreparedBatch) -> tuple[float, float]:
-        """One update; returns the global-batch means (relation CE, LM NLL per token)."""
+        """One update; returns the global-batch means (relation CE, LM NLL per token).
+
+        A non-finite loss, gradient norm or updated weight stops the run with a :class:`PretrainError`
+        naming the stage and update (the same on every rank: the checks use all-reduced values)."""
         n_rel = int((batch.has_image & (batch.labels >= 0)).sum()) if batch.text is not None else 0
         n_tok = batch.num_lm_tokens if mode == "joint" else 0
         with self.autocast():
             rel_sum, lm_sum = self.wrapped(mode, batch)
         totals = self.ctx.all_reduce_sum([n_rel, n_tok, float(rel_sum.detach()), float(lm_sum.detach())])
         n_rel_g, n_tok_g, rel_g, lm_g = totals
+        if not (math.isfinite(rel_g) and math.isfinite(lm_g)):
+            raise self._diverged(mode, f"loss (relation {rel_g}, LM {lm_g})")
         world = self.ctx.world_size
         loss = world * (rel_sum / max(n_rel_g, 1.0) + lm_sum / max(n_tok_g, 1.0))
         optimizer = self.optimizers[mode]
         self.model.zero_grad(set_to_none=True)
         loss.backward()
-        if self.clip > 0:
-            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, self.clip)
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.clip if self.clip > 0 else float("inf"))
+        if not math.isfinite(float(norm)):
+            raise self._diverged(mode, "gradient norm")
         optimizer.step()
+        if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+            raise self._diverged(mode, "weights after the update")
+        self.updates[mode] += 1
         return rel_g / max(n_rel_g, 1.0), lm_g / max(n_tok_g, 1.0)
 
 
@@ -521,6 +565,28 @@ class Pretrainer:
             raise PretrainError(f"--anneal-factor must be in (0, 1] (1 = no annealing), got {a.anneal_factor}")
         if a.optimizer not in ("sgd", "adam", "adamw"):
             raise PretrainError(f"unknown --optimizer {a.optimizer!r}: choose sgd, adam or adamw")
+        from flair_riva.config import INT_RANGES
+
+        for name in ("word_dim", "char_dim", "char_hidden_size", "rgn_hidden_size", "rgn_layers", "vlcn_hidden_size",
+                     "vlcn_layers", "num_heads", "max_vocab_size"):
+            value, (lo, hi) = getattr(a, name), INT_RANGES[name]
+            if value is not None and not lo <= value <= hi:
+                raise PretrainError(f"--{name.replace('_', '-')} must be in [{lo}, {hi}], got {value}")
+        for option, value, lo, hi, low_open in (("--lr", a.lr, 0.0, 1e6, True),
+                                                ("--backbone-lr", a.backbone_lr, 0.0, 1e6, False),
+                                                ("--clip", a.clip, 0.0, 1e12, False),
+                                                ("--dropout", a.dropout, 0.0, 1.0, False)):
+            if value is None:
+                continue
+            below = value <= lo if low_open else value < lo
+            if not math.isfinite(value) or below or value > hi or (option == "--dropout" and value >= hi):
+                bounds = f"{'(' if low_open else '['}{lo:g}, {hi:g}{')' if option == '--dropout' else ']'}"
+                raise PretrainError(f"{option} must be a finite number in {bounds}, got {value}"
+                                    + (" (0 = no clipping)" if option == "--clip" else ""))
+        if a.patience < 0:
+            raise PretrainError(f"--patience must be >= 0, got {a.patience}")
+        if not 0 <= a.seed < 2**32:
+            raise PretrainError(f"--seed must be in [0, 2**32), got {a.seed}")
         if a.backbone not in ("resnet18", "resnet34"):
             raise PretrainError(f"unknown --backbone {a.backbone!r}: choose resnet34 (paper) or resnet18")
         if not self.demo:
@@ -534,6 +600,23 @@ class Pretrainer:
             self.make_config(a.word_dim or 100)
         except ValueError as err:
             raise PretrainError(f"invalid model options: {err}") from err
+
+    def check_inputs(self) -> None:
+        """Rank 0, before anything is written: read and check the labelled data (images included), the word
+        vectors and the backbone weights, so that bad input leaves no run folder behind. (The unlabelled
+        file is streamed once, in stage 0; a run that fails there never finished stage 0 and its folder
+        counts as empty, see :meth:`prepare_output`.)"""
+        from flair_riva.datasets import _require_file
+
+        if self.unlabelled_path is not None:
+            try:
+                _require_file(self.unlabelled_path, "unlabelled pairs file")
+            except (ValueError, OSError) as err:
+                raise PretrainError(f"cannot read the unlabelled pairs {self.unlabelled_path}: {err}") from err
+        if self.args.use_image:
+            self.labelled = self.read_labelled()
+            self.initial_backbone()
+        _ = self.word_vectors
 
     def make_config(self, word_dim: int) -> RivaConfig:
         a = self.args
@@ -568,6 +651,7 @@ class Pretrainer:
     def run_args(self) -> dict[str, Any]:
         """The arguments that define what this run computes (``run_args.json``)."""
         values = {k: v for k, v in asdict(self.args).items() if k not in CONTROL_ARGS}
+        values["output"] = str(self.out)  # for the record: a run folder may be moved, so resume ignores it
         values["relation_data"] = str(self.relation_path) if self.relation_path else None
         values["unlabelled"] = str(self.unlabelled_path) if self.unlabelled_path else None
         values["image_dir"] = str(self.image_dir) if self.image_dir else None
@@ -579,16 +663,32 @@ class Pretrainer:
         return values
 
     def prepare_output(self) -> bool:
-        """Check the run folder against ``run_args.json``; returns True when resuming (rank 0 only)."""
+        """Check the run folder against ``run_args.json``; returns True when resuming (rank 0 only).
+
+        A folder whose run never finished stage 0 (no vocabulary in ``run_state.json``: it failed on bad
+        input, or was killed early) holds nothing worth keeping and counts as empty. Paths are compared
+        resolved (``r3/``, ``./r3`` and ``/abs/r3`` are one folder), and the output folder itself is left out
+        of the comparison, so a moved run folder resumes."""
         a = self.args
         out = self.out
         if out.exists() and not out.is_dir():
             raise PretrainError(f"--output {out} exists and is not a folder")
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=out, prefix=".write-test-"):
+                pass
+        except OSError as err:
+            raise PretrainError(f"--output {out} is not a writable folder: {err.strerror or err}") from err
         current = self.run_args()
         present = [name for name in RUN_ARTIFACTS if (out / name).exists()] + \
             sorted(p.name for p in out.glob("epoch-*") if p.is_dir())
         args_file = out / RUN_ARGS_FILE
+        if present and "vocab" not in self._read_run_state() and \
+                not set(present) - {RUN_ARGS_FILE, LOG_FILE, RUN_STATE_FILE, VOCAB_FILE}:
+            log.info("%s holds a run that never finished stage 0 (%s): starting afresh", out, ", ".join(present))
+            for name in present:
+                (out / name).unlink(missing_ok=True)
+            present = []
         if args_file.exists() or present:
             previous = None
             with contextlib.suppress(OSError, ValueError, AttributeError):
@@ -601,15 +701,17 @@ class Pretrainer:
                     f"{RUN_ARGS_FILE}: choose another folder, or pass --overwrite to delete them")
             else:
                 diffs = [f"{k}: {previous.get(k)!r} -> {current.get(k)!r}"
-                         for k in sorted(set(previous) | set(current)) if previous.get(k) != current.get(k)]
+                         for k in sorted(set(previous) | set(current))
+                         if k != "output" and not _same_arg(k, previous.get(k), current.get(k))]
                 if diffs:
                     raise PretrainError(
                         f"--output {out} holds another run with different arguments ({'; '.join(diffs)}): "
-                        "choose another folder, or pass --overwrite to delete that run")
+                        "choose another --output for this run, or continue that one with its own arguments "
+                        "and --resume")
                 if not a.resume:
                     raise PretrainError(
                         f"--output {out} already holds a run with these arguments: pass --resume to continue "
-                        "it, or --overwrite to start again")
+                        "it, or choose another --output")
                 return True
         elif a.resume:
             log.info("--resume: nothing to resume in %s, starting a new run", out)
@@ -676,9 +778,14 @@ class Pretrainer:
             extractor.to(self.device).eval().requires_grad_(False)
             root = Path(self.args.feature_cache).expanduser() if self.args.feature_cache \
                 else self.out / "feature-cache"
-            cache = FeatureCache(root, extractor.fingerprint())
+            try:
+                cache = FeatureCache(root, extractor.fingerprint())
+            except (OSError, ValueError) as err:  # the same policy as RivaEmbeddings: warn and compute
+                log.warning("cannot use the feature cache %s (%s): computing image features without a cache",
+                            root, err)
+                cache = None
             self._featurizer = ImageFeaturizer(extractor, cache, batch_size=64)
-            if self.ctx.is_main:
+            if self.ctx.is_main and cache is not None:
                 log.info("frozen backbone: region features cached in %s", cache.directory)
         return self._featurizer
 
@@ -715,12 +822,23 @@ class Pretrainer:
             raise PretrainError(
                 f"the relation data {path} has a single class: all {len(pairs)} pairs are "
                 f"'{CLASS_NAMES.get(only, only)}'; the teacher needs pairs of both classes (image_adds 0 and 1)")
-        with_image = [p for p in pairs if p.image is not None and p.image.is_file()]
+        from flair_riva.vision import probe_image
+
+        reasons: Counter = Counter()
+        examples: dict[str, Any] = {}
+        with_image = []
+        for pair in pairs:
+            reason = probe_image(pair.image)  # a regular file that identifies as an image, within the limits
+            if reason is None:
+                with_image.append(pair)
+            else:
+                reasons[reason] += 1
+                examples.setdefault(reason, pair.image)
         if not with_image:
-            example = next((p.image for p in pairs if p.image is not None), None)
             raise PretrainError(
-                f"every image of the relation data {path} is missing ({len(pairs)} pairs, e.g. {example}); "
-                "image paths resolve against --image-dir, or the data file's folder when it is not given")
+                f"every image of the relation data {path} is unusable: {len(pairs)} pairs without a usable image "
+                f"({_reason_summary(reasons, examples)}); relative image paths resolve inside --image-dir (or the "
+                "data file's folder when it is not given), absolute paths are used as written")
         counts = Counter(p.label for p in with_image)
         for cls in (0, 1):
             if counts[cls] < 3:
@@ -729,17 +847,21 @@ class Pretrainer:
                     "at least 3 per class are needed for the train/dev/test split")
         self.labelled_dropped = len(pairs) - len(with_image)
         if self.labelled_dropped and self.ctx.is_main:
-            log.warning("%d of %d labelled pairs have no image file and are left out of the relation task",
-                        self.labelled_dropped, len(pairs))
+            log.warning("%d of %d labelled pairs have no usable image (%s) and are left out of the relation task",
+                        self.labelled_dropped, len(pairs), _reason_summary(reasons, examples))
         return with_image
 
     def build_vocabulary(self) -> tuple[Vocabulary, dict[str, Any]]:
         """Stage 0: one streamed pass over the labelled and unlabelled texts (the unlabelled file is never
         loaded whole). Also counts the unlabelled pairs and those with an existing image file."""
         from flair_riva.datasets import iter_unlabelled_pairs
+        from flair_riva.vision import probe_image
 
         counts: Counter = Counter()
+        reasons: Counter = Counter()
+        examples: dict[str, Any] = {}
         bar = self._bar(desc="vocabulary")
+        check_images = self.args.use_image
 
         def texts():
             for pair in self.labelled or []:
@@ -748,6 +870,15 @@ class Pretrainer:
                 counts["unlabelled"] += 1
                 if pair.image is not None and pair.image.is_file():
                     counts["unlabelled_with_image"] += 1
+                # the first UNLABELLED_PROBES images (and on, until one is usable) are checked to be images
+                if check_images and (counts["probed"] < UNLABELLED_PROBES or not counts["usable"]):
+                    counts["probed"] += 1
+                    reason = probe_image(pair.image)
+                    if reason is None:
+                        counts["usable"] += 1
+                    else:
+                        reasons[reason] += 1
+                        examples.setdefault(reason, pair.image)
                 bar.update(1)
                 yield pair.tokens
 
@@ -762,10 +893,14 @@ class Pretrainer:
             bar.close()
         if counts["unlabelled"] == 0:
             raise PretrainError(f"the unlabelled pairs file {self.unlabelled_path} holds no pair with text")
-        if a.use_image and counts["unlabelled_with_image"] == 0:
+        if a.use_image and counts["usable"] == 0:
             raise PretrainError(
-                f"every image of the {counts['unlabelled']} unlabelled pairs in {self.unlabelled_path} is missing: "
-                "image paths resolve against --image-dir, or the file's folder when it is not given")
+                f"every image of the {counts['unlabelled']} unlabelled pairs in {self.unlabelled_path} is unusable "
+                f"({_reason_summary(reasons, examples)}): relative image paths resolve inside --image-dir (or the "
+                "file's folder when it is not given), absolute paths are used as written")
+        if reasons and self.ctx.is_main:
+            log.warning("%d of the first %d unlabelled pairs have no usable image (%s)", sum(reasons.values()),
+                        counts["probed"], _reason_summary(reasons, examples))
         word_dim = a.word_dim
         if vectors is not None:
             if word_dim is not None and word_dim != vectors.vector_size:
@@ -887,6 +1022,10 @@ class Pretrainer:
         self._log_pseudo(info)
         if written == 0:
             path.unlink(missing_ok=True)
+            if counts["without_image"] == counts["seen"]:
+                raise PretrainError(
+                    f"none of the {counts['seen']} unlabelled pairs in {self.unlabelled_path} has a usable image "
+                    "(every image failed to decode): the teacher cannot label them")
             raise PretrainError(
                 f"--threshold {a.threshold} keeps none of the {counts['seen']} unlabelled pairs "
                 f"({counts['without_image']} without a readable image; the highest teacher score was "
@@ -909,7 +1048,8 @@ class Pretrainer:
         a = self.args
         state = self.run_state = self._read_run_state() if self.resuming else {}
         if a.use_image:
-            self.labelled = self.read_labelled()
+            if self.labelled is None:
+                self.labelled = self.read_labelled()
             self.initial_backbone()  # fails now (not after the teacher) when named weights cannot be loaded
         elif self.relation_path is not None:
             log.info("--no-image: the relation data is not used (RIVA(text) has no RGN)")
@@ -1278,6 +1418,7 @@ class Pretrainer:
                 try:
                     self.check_args()
                     self.locate_data()
+                    self.check_inputs()
                     self.resuming = self.prepare_output()
                     self._clean_temp()
                     handler = self._open_log()
@@ -1364,7 +1505,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--unlabelled", metavar="FILE", help="unlabelled pairs (JSONL or TSV: text, image), streamed")
     g.add_argument("--image-dir", metavar="DIR",
                    help="where relative image paths resolve (default: the data file's folder)")
-    g.add_argument("--word-vectors", metavar="FILE", help="GloVe/word2vec/gensim vectors (sets --word-dim)")
+    g.add_argument("--word-vectors", metavar="FILE",
+                   help="GloVe/word2vec text or binary, or flair-riva .safetensors vectors (sets --word-dim); "
+                        "pickled gensim .kv/.model files are refused: convert them with "
+                        "python -m flair_riva.convert_vectors")
     g.add_argument("--output", metavar="DIR", default=d.output, help="run folder (default: %(default)s)")
     g.add_argument("--demo-dir", metavar="DIR", help="demo world folder (default: FLAIR_CACHE_ROOT/riva/demo-world-v1)")
     g.add_argument("--demo-scale", default=d.demo_scale, help="demo world size: default, tiny or a factor")
@@ -1439,7 +1583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_pretraining(args)
     except PretrainError as err:
         if int(os.environ.get("RANK", "0") or 0) == 0:
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {' '.join(str(err).split())}", file=sys.stderr)  # always one line
         return 2
     if int(os.environ.get("RANK", "0") or 0) == 0:
         print(f"RIVA pretraining finished in {result.seconds:.1f} s: final model {result.final_dir}, "
