@@ -163,13 +163,15 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "max_vocab_size": (4, 10_000_000), "min_word_count": (1, 1_000_000_000),
     "rgn_hidden_size": (1, 16384), "rgn_layers": (1, 16), "visual_dim": (512, 512), "num_regions": (49, 49),
     "num_heads": (1, 512), "vlcn_hidden_size": (1, 16384), "vlcn_layers": (1, 16), "batch_size": (1, 1_000_000),
+    "visual_step_dim": (1, 4096),
 }
 FLOAT_RANGES: dict[str, tuple[float, float]] = {
     "adaptive_softmax_div_value": (1.0, 64.0), "dropout": (0.0, 0.999999), "learning_rate": (0.0, 1e6),
-    "backbone_learning_rate": (0.0, 1e6), "clip_grad_norm": (0.0, 1e12),
+    "backbone_learning_rate": (0.0, 1e6), "clip_grad_norm": (0.0, 1e12), "gate_dropout": (0.0, 0.999999),
 }
 BOOL_FIELDS = ("freeze_word_vectors", "use_image", "gate")
-CHOICES: dict[str, tuple[str, ...]] = {"backbone": ("resnet18", "resnet34"), "optimizer": ("sgd", "adam", "adamw")}
+CHOICES: dict[str, tuple[str, ...]] = {"backbone": ("resnet18", "resnet34"), "optimizer": ("sgd", "adam", "adamw"),
+                                       "vlcn_visual": VLCN_VISUAL_MODES, "visual_norm": VISUAL_NORMS}
 
 
 def _increasing_ints(value: Any) -> bool:
@@ -212,4 +214,4 @@ def validate_config_dict(data: Any) -> RivaConfig:
     merged = {**RivaConfig().to_dict(), **data}
     if merged["visual_dim"] % merged["num_heads"]:
         raise ValueError(f"field num_heads: {merged['num_heads']} does not divide visual_dim {merged['visual_dim']}")
-    return RivaConfig(**data)
+    return RivaConfig.from_dict(data)  # fields a 0.1.0 config lacks take their 0.1.0 values

@@ -4,7 +4,7 @@ randomly initialised ResNet.
 
 What it contains (sizes at ``scale=1``; ``scale="tiny"`` = 0.1 for tests)::
 
-    relation.tsv            ~600 labelled text-image relation pairs (text, image, image_adds, text_is_represented)
+    relation.tsv            ~1200 labelled text-image relation pairs (text, image, image_adds, text_is_represented)
     unlabelled.jsonl        ~3000 unlabelled pairs {"text", "image"}
     images/<kind>_<n>.png   25 images per kind, shared by the pairs (paths in the data files are relative to root)
     ner/train.txt dev.txt test.txt   ~600/200/200 tweets in the IMGID format, tags PER/LOC/ORG/OTHER
@@ -32,8 +32,18 @@ The world's logic (why the image matters):
   only the image tells PER/LOC/ORG; in unrelated tweets the context reveals the type ("Jordan scored
   30 points", "flying to Jordan", "Jordan announced record profits") and the image is unrelated and
   may mislead.
-* Unlabelled pairs follow the relation-data mixture, so the teacher can pseudo-label them and the
-  language model sees type-revealing words that are predictable from the image.
+* Unlabelled pairs follow the relation-data mixture, so the teacher can pseudo-label them.
+* World v2 (the image predicts words, so RIVA's language model has a reason to read it): in relation
+  and unlabelled pairs whose image adds and whose context is neutral, half name what the image shows
+  right after the entity (:data:`SHOWN`: "look at Jordan on stage", "Paris skyline", "Chelsea logo"),
+  and 30% open with a word for the picture (:data:`OPENER`: "portrait :", "view :", "branding :").
+  For an ambiguous name nothing but the image tells which words come. Pairs whose image doesn't add
+  never carry them (their image predicts nothing), and the NER tweets never do (there only the image
+  tells the type). The manifest records ``image_information_nats_per_token``: the nats per predicted
+  word an ideal LM saves with the image (:func:`image_information`), the ceiling for a model's image gain.
+  Only half of the related neutral pairs carry SHOWN words, so their absence is no text cue for
+  "doesn't add" (with all of them carrying the words, the gate learnt that shortcut and stayed half
+  closed on the related NER tweets).
 """
 
 from __future__ import annotations
@@ -67,6 +77,7 @@ UNRELATED_KINDS = ("food", "meme")
 SCALE_PRESETS = {"default": 1.0, "tiny": 0.1}
 
 # base sizes at scale 1
+# v2: 1200 labelled pairs (600 in v1): with 432 training pairs the teacher overfit (test F1 ~75)
 _BASE = {"pool_per_kind": 25, "relation": 1200, "unlabelled": 3000, "ner_train": 600, "ner_dev": 200, "ner_test": 200}
 _MIN = {"pool_per_kind": 4, "relation": 40, "unlabelled": 60, "ner_train": 30, "ner_dev": 12, "ner_test": 12}
 
@@ -389,7 +400,7 @@ class _TweetMaker:
         return _Tweet(tokens, tags, image_kind, etype, related, context, cue)
 
 
-P_SHOWN, P_OPENER = 0.85, 0.5  # world v2: in related pretraining pairs (neutral context for SHOWN)
+P_SHOWN, P_OPENER = 1.0, 0.5  # world v2: in related unlabelled pairs (neutral context for SHOWN)
 
 
 def image_information(tweet: _Tweet) -> float:
@@ -410,14 +421,15 @@ def image_information(tweet: _Tweet) -> float:
     return gain
 
 
-def _pair_tweet(maker: _TweetMaker, p_neutral_related: float) -> _Tweet:
+def _pair_tweet(maker: _TweetMaker, p_neutral_related: float, p_shown: float = P_SHOWN,
+                p_opener: float = P_OPENER) -> _Tweet:
     """A relation/unlabelled pair (the task-1 mixture, ~45% image adds; see the module docstring)."""
     r = maker.rng
     if r.random() < 0.45:
         etype = r.choice(("PER", "LOC", "ORG"))
         context = "neutral" if r.random() < p_neutral_related else "reveal"
         return maker.tweet(related=1, context=context, etype=etype, image_kind=TYPE_KIND[etype], p_photo=0.75,
-                           p_shown=P_SHOWN, p_opener=P_OPENER)
+                           p_shown=p_shown, p_opener=p_opener)
     etype = r.choice(("PER", "LOC", "ORG"))
     if r.random() < 0.5:  # an unrelated picture: food or meme
         context = "neutral" if r.random() < 0.5 else "reveal"
@@ -537,6 +549,10 @@ tweets show food, a meme or another kind, and use opinion/news phrasing 75% of t
 In the NER corpus, related tweets have a type-neutral context ("can't stop thinking about Jordan
 today"): only the image tells the type. Unrelated tweets reveal the type in the text ("Jordan scored
 30 points", "flying to Jordan", "Jordan announced record profits").
+World v2: in the relation and unlabelled pairs whose image adds, the image predicts words of the text
+(what it shows, right after the entity: "Paris skyline", "Jordan on stage"; an opening "portrait :" or
+"view :"), so a language model gains from reading the image: about {info} nats per predicted word for
+an ideal model (image_information_nats_per_token in manifest.json).
 
 Use
 ---
@@ -606,7 +622,7 @@ def generate_demo_world(
     maker = _TweetMaker(random.Random(f"flair-riva-demo/{seed}/relation"))
     lines = ["text\timage\timage_adds\ttext_is_represented"]
     for _ in range(sizes["relation"]):
-        tw = _pair_tweet(maker, p_neutral_related=0.6)
+        tw = _pair_tweet(maker, p_neutral_related=0.6, p_shown=0.0, p_opener=0.0)
         image = maker.rng.choice(pool[tw.image_kind])
         represented = int(maker.rng.random() < (0.7 if tw.related else 0.15))
         lines.append(f"{_tsv_field(tw.text)}\t{image}\t{tw.related}\t{represented}")
@@ -617,7 +633,7 @@ def generate_demo_world(
     rows = []
     info_nats, lm_predictions = 0.0, 0
     for _ in range(sizes["unlabelled"]):
-        tw = _pair_tweet(maker, p_neutral_related=0.7)
+        tw = _pair_tweet(maker, p_neutral_related=0.85)
         info_nats += image_information(tw)
         lm_predictions += 2 * len(tw.tokens)
         rows.append(json.dumps({"text": tw.text, "image": maker.rng.choice(pool[tw.image_kind])},
@@ -657,7 +673,7 @@ def generate_demo_world(
         version=WORLD_VERSION, seed=seed, scale=scale, relation=counts["relation"],
         relation_pos=counts["relation_positive"], unlabelled=counts["unlabelled"], pool=counts["pool_images"],
         per_kind=counts["pool_per_kind"], ner_train=counts["ner_train"], ner_dev=counts["ner_dev"],
-        ner_test=counts["ner_test"],
+        ner_test=counts["ner_test"], info=counts["image_information_nats_per_token"],
     ).encode("utf-8"))
 
     # files of the previous world that this one does not have

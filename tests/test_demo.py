@@ -64,9 +64,9 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path, tiny_w
 def test_sizes_balance_and_speed(full_world):
     c = full_world.counts
     assert full_world.elapsed < 20
-    assert (c["relation"], c["unlabelled"], c["ner_train"], c["ner_dev"], c["ner_test"]) == (600, 3000, 600, 200, 200)
+    assert (c["relation"], c["unlabelled"], c["ner_train"], c["ner_dev"], c["ner_test"]) == (1200, 3000, 600, 200, 200)
     pairs = read_relation_pairs(full_world.relation_file)
-    assert len(pairs) == 600
+    assert len(pairs) == 1200
     positive = sum(p.label for p in pairs) / len(pairs)
     assert 0.38 <= positive <= 0.52  # ~45%, as the paper's ~44%
     assert sum(1 for _ in iter_unlabelled_pairs(full_world.unlabelled_file)) == 3000
@@ -82,7 +82,7 @@ def test_tiny_preset_is_fast_and_small(tmp_path):
     start = time.perf_counter()
     world = generate_demo_world(tmp_path / "w", scale=0.1)
     assert time.perf_counter() - start < 2
-    assert world.counts["ner_train"] == 60 and world.counts["relation"] == 60
+    assert world.counts["ner_train"] == 60 and world.counts["relation"] == 120
     assert generate_demo_world(tmp_path / "w", size="tiny").counts == world.counts  # `size` alias, reused
 
 
@@ -208,7 +208,7 @@ def test_bad_scale_and_default_root():
         generate_demo_world("/nonexistent/never-written", scale="huge")
     with pytest.raises(ValueError, match="scale"):
         generate_demo_world("/nonexistent/never-written", scale=0)
-    assert default_demo_root() == Path(flair.cache_root) / "riva" / "demo-world-v1"
+    assert default_demo_root() == Path(flair.cache_root) / "riva" / "demo-world-v2"
 
 
 def test_cli(tmp_path, capsys):
@@ -219,3 +219,35 @@ def test_cli(tmp_path, capsys):
     assert (tmp_path / "cli" / "README.txt").read_text().startswith("flair-riva demo world")
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "x"), "--scale", "big"])
+
+
+def test_world_v2_images_predict_words_of_related_pretraining_pairs_only(full_world):
+    """The effect can show: in unlabelled pairs whose image shows the entity's kind, the words after an
+    ambiguous entity name what the image shows; related NER tweets keep type-neutral contexts."""
+    import json
+
+    from flair_riva.demo import AMBIGUOUS_NAMES, OPENER, SHOWN, TYPE_KIND
+
+    kind_type = {v: k for k, v in TYPE_KIND.items()}
+    agree = disagree = 0
+    for line in full_world.unlabelled_file.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        tokens = row["text"].split()
+        kind = row["image"].split("/")[-1].split("_")[0]
+        for i, token in enumerate(tokens[:-1]):
+            for t, phrases in SHOWN.items():
+                if token in AMBIGUOUS_NAMES and any(tokens[i + 1:i + 1 + len(p.split())] == p.split() for p in phrases):
+                    agree += kind_type.get(kind) == t
+                    disagree += kind_type.get(kind) != t
+    assert agree > 300 and disagree == 0, (agree, disagree)
+    assert full_world.counts["image_information_nats_per_token"] > 0.02
+    phrases = [p for ps in SHOWN.values() for p in ps] + [f"{w} :" for ws in OPENER.values() for w in ws]
+    truth = full_world.relation_truth()
+    for split in ("train", "dev", "test"):
+        text = (full_world.ner_dir / f"{split}.txt").read_text(encoding="utf-8")
+        for block in text.strip().split("\n\n"):
+            lines = block.splitlines()
+            image_id = lines[0][len("IMGID:"):]
+            text = " " + " ".join(line.split("\t")[0] for line in lines[1:]) + " "
+            if truth[image_id] == 1:
+                assert not [p for p in phrases if f" {p} " in text], (image_id, text)

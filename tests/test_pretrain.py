@@ -311,7 +311,7 @@ def test_best_is_chosen_on_dev_only(world, cache_dir, tmp_path, monkeypatch):
         if not perplexity:
             return {"dev": s(0.5), "test": s(0.5)}
         dev, test, ppl = next(script)
-        return {"dev": s(dev), "test": s(test), "ppl": ppl}
+        return {"dev": s(dev), "test": s(test), "lm": {"ppl": ppl}}
 
     monkeypatch.setattr(trainer_module.Pretrainer, "_evaluate", fake_evaluate)
     result = run_pretraining(tiny_args(world, tmp_path / "run", cache_dir, epochs=3))

@@ -109,7 +109,7 @@ PAPER_DEFAULTS: dict[str, Any] = {
 #: (random-init ResNet, frozen, features cached under the output folder), fewer epochs, and Adam, because
 #: plain SGD at 2e-2 barely moves in the few hundred steps of a demo run. The Table 2 sizes are kept.
 DEMO_DEFAULTS: dict[str, Any] = {
-    "optimizer": "adam", "lr": 1e-3, "epochs": 3, "teacher_epochs": 8,
+    "optimizer": "adam", "lr": 1e-3, "epochs": 3, "teacher_epochs": 15,
     "backbone_weights": "none", "freeze_backbone": True,
     "word_dim": 100, "rgn_hidden_size": 256, "rgn_layers": 2, "vlcn_hidden_size": 256, "vlcn_layers": 2,
 }
@@ -171,6 +171,9 @@ class PretrainArgs:
     feature_cache: str | None = None
     use_image: bool = True
     gate: bool = True
+    vlcn_visual: str = "step"
+    visual_norm: str = "standardize"
+    gate_dropout: float = 0.1
     max_vocab_size: int = 50000
     min_word_count: int = 2
     # optimisation (Table 2 "Misc.")
@@ -181,6 +184,8 @@ class PretrainArgs:
     optimizer: str | None = None
     lr: float | None = None
     backbone_lr: float = 1e-4
+    rgn_lr_factor: float = 0.1
+    """Learning rate of Algorithm 1's labelled pass (θ_RGN only, lines 7-11) as a factor of ``lr``."""
     clip: float = 5.0
     anneal_factor: float = 1.0
     patience: int = 3
@@ -574,13 +579,15 @@ class Pretrainer:
                 raise PretrainError(f"--{name.replace('_', '-')} must be in [{lo}, {hi}], got {value}")
         for option, value, lo, hi, low_open in (("--lr", a.lr, 0.0, 1e6, True),
                                                 ("--backbone-lr", a.backbone_lr, 0.0, 1e6, False),
+                                                ("--rgn-lr-factor", a.rgn_lr_factor, 0.0, 1e6, False),
+                                                ("--gate-dropout", a.gate_dropout, 0.0, 1.0, False),
                                                 ("--clip", a.clip, 0.0, 1e12, False),
                                                 ("--dropout", a.dropout, 0.0, 1.0, False)):
             if value is None:
                 continue
             below = value <= lo if low_open else value < lo
-            if not math.isfinite(value) or below or value > hi or (option == "--dropout" and value >= hi):
-                bounds = f"{'(' if low_open else '['}{lo:g}, {hi:g}{')' if option == '--dropout' else ']'}"
+            if not math.isfinite(value) or below or value > hi or (option in ("--dropout", "--gate-dropout") and value >= hi):
+                bounds = f"{'(' if low_open else '['}{lo:g}, {hi:g}{')' if option in ('--dropout', '--gate-dropout') else ']'}"
                 raise PretrainError(f"{option} must be a finite number in {bounds}, got {value}"
                                     + (" (0 = no clipping)" if option == "--clip" else ""))
         if a.patience < 0:
@@ -627,6 +634,7 @@ class Pretrainer:
             num_heads=a.num_heads, vlcn_hidden_size=a.vlcn_hidden_size, vlcn_layers=a.vlcn_layers,
             dropout=a.dropout, learning_rate=a.lr, backbone_learning_rate=a.backbone_lr, optimizer=a.optimizer,
             batch_size=a.batch_size, clip_grad_norm=a.clip, use_image=a.use_image, gate=a.gate,
+            vlcn_visual=a.vlcn_visual, visual_norm=a.visual_norm, gate_dropout=a.gate_dropout,
         )
 
     def locate_data(self) -> None:
@@ -1196,7 +1204,10 @@ class Pretrainer:
         optimizers = {"joint": make_optimizer(a.optimizer, [{"params": main_params, "lr": a.lr},
                                                             {"params": backbone_params, "lr": a.backbone_lr}])}
         if a.use_image:  # Algorithm 1 line 10: a separate optimizer over θ_RGN only
-            optimizers["rgn"] = make_optimizer(a.optimizer, [{"params": student.rgn_parameters(), "lr": a.lr}])
+            # with a learning rate of its own (--rgn-lr-factor): at the joint pass's rate, the small labelled
+            # set undoes what the pseudo-labelled pass learned (dev relation F1 fell over the epochs)
+            optimizers["rgn"] = make_optimizer(a.optimizer, [{"params": student.rgn_parameters(),
+                                                              "lr": a.lr * a.rgn_lr_factor}])
         schedulers: dict[str, Any] = {}
         if a.anneal_factor < 1.0:
             for key, opt in optimizers.items():
@@ -1534,6 +1545,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-image", dest="use_image", action="store_false",
                    help="RIVA(text): no RGN/VCN, LM on the unlabelled texts only")
     g.add_argument("--no-gate", dest="gate", action="store_false", help="-RGN ablation: s_G = 1")
+    g.add_argument("--vlcn-visual", choices=("paper", "start", "state", "step"), default=d.vlcn_visual,
+                   help="how the gated visual vector enters the VLCN: 'paper' = FC+GELU(s_G v_c) replaces [BOS]/[EOS] "
+                        "as in §3.3 (saturates); 'start' = [BOS] + s_G tanh(W v_c); 'state' = also the initial LSTM "
+                        "states; 'step' = also appended to every token input (%(default)s; README design notes)")
+    g.add_argument("--visual-norm", choices=("standardize", "layer"), default=d.visual_norm,
+                   help="normalisation of ResNet features: per feature over images, or per vector (0.1.0) "
+                        "(%(default)s)")
+    g.add_argument("--gate-dropout", type=float, default=d.gate_dropout,
+                   help="training only: probability that s_G is set to 0 on its way to the VLCN, so the "
+                        "no-image input is trained every epoch (%(default)s)")
     g.add_argument("--max-vocab-size", type=int, default=d.max_vocab_size, help="vocabulary size cap (%(default)s)")
     g.add_argument("--min-word-count", type=int, default=d.min_word_count,
                    help="minimum count of a vocabulary word (%(default)s)")
@@ -1547,6 +1568,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, help=f"learning rate ({both('lr')})")
     g.add_argument("--backbone-lr", type=float, default=d.backbone_lr,
                    help="learning rate of the fine-tuned ResNet (%(default)s)")
+    g.add_argument("--rgn-lr-factor", type=float, default=d.rgn_lr_factor,
+                   help="learning rate of the labelled RGN-only pass, as a factor of --lr (%(default)s)")
     g.add_argument("--clip", type=float, default=d.clip, help="gradient norm clipping, 0 = off (%(default)s)")
     g.add_argument("--anneal-factor", type=float, default=d.anneal_factor,
                    help="ReduceLROnPlateau factor on dev F1; 1 = constant learning rate, as in the paper (%(default)s)")
