@@ -55,7 +55,7 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +80,10 @@ __all__ = [
     "write_pseudo_labelled",
     "read_pseudo_labelled",
     "scan_imgid_file",
+    "ImgidTweet",
+    "iter_imgid_tweets",
+    "UnlabelledRecord",
+    "iter_unlabelled_records",
     "image_path_for",
 ]
 
@@ -111,19 +115,24 @@ class CorpusFormatError(ValueError):
 # --------------------------------------------------------------------------------------------------
 
 
-def _iter_decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
+def _iter_decoded_lines(path: Path, lenient: bool = False) -> Iterator[tuple[int, str | CorpusFormatError]]:
     """Yield ``(line_number, line)`` with the line ending kept; bytes that are not UTF-8 raise
-    :class:`CorpusFormatError` at their line. A UTF-8 byte-order mark at the start is dropped."""
+    :class:`CorpusFormatError` at their line (with ``lenient=True`` the error is yielded in place of the
+    line, so a caller that skips bad records can go on). A UTF-8 byte-order mark at the start is dropped."""
     with open(path, "rb") as handle:
         for lineno, raw in enumerate(handle, 1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise CorpusFormatError(
+                error = CorpusFormatError(
                     path, lineno,
                     f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
                     "the file must be UTF-8 encoded",
-                ) from None
+                )
+                if not lenient:
+                    raise error from None
+                yield lineno, error
+                continue
             if lineno == 1 and line.startswith("\ufeff"):
                 line = line[1:]
             yield lineno, line
@@ -184,6 +193,135 @@ class SplitStats:
         return self.entities_b + sum(self.orphan_inside.values())
 
 
+@dataclass
+class ImgidTweet:
+    """One tweet of an IMGID file, as :func:`iter_imgid_tweets` reads it."""
+
+    line: int
+    """1-based line of its ``IMGID:`` line."""
+    image_id: str
+    tokens: list[str]
+    tags: list[str] | None
+    """The BIO tags, or ``None`` for a tweet without a tag column (allowed with ``require_tags=False``)."""
+
+
+_ANY_BIO_TAG = re.compile(r"^(?:O|[BI]-\S+)$")
+
+
+def iter_imgid_tweets(
+    path: str | Path,
+    entity_types: Iterable[str] | None = DEFAULT_ENTITY_TYPES,
+    *,
+    require_tags: bool = True,
+    on_error: Callable[[CorpusFormatError], None] | None = None,
+) -> Iterator[ImgidTweet]:
+    """Stream the tweets of an IMGID file one at a time, validating as it reads.
+
+    Malformed input (see :func:`scan_imgid_file` for the list) raises :class:`CorpusFormatError` with the
+    1-based line, or, when ``on_error`` is given, is passed to it and the tweet it occurs in is skipped
+    (up to the next blank line), so a stream over a large file can go on. ``entity_types=None`` accepts any
+    ``O``/``B-X``/``I-X`` tag; ``require_tags=False`` accepts tweets whose token lines have no tag column
+    (pre-tokenised text to be tagged): their ``tags`` are ``None``. An empty file yields nothing.
+    """
+    path = _require_file(path, "IMGID corpus file")
+    if entity_types is None:
+        def tag_ok(tag: str) -> bool:
+            return bool(_ANY_BIO_TAG.match(tag))
+        allowed_text = "O, B-X and I-X"
+    else:
+        types = tuple(entity_types)
+        allowed = {"O"} | {f"{p}-{t}" for p in ("B", "I") for t in types}
+        tag_ok = allowed.__contains__
+        allowed_text = f"O, B-X and I-X with X in {', '.join(types)}; pass entity_types=... to allow other types"
+    tweet: ImgidTweet | None = None
+    skipping = False  # inside a tweet that had an error: drop its lines up to the next blank line
+    seen_imgid = False
+
+    def fail(error: CorpusFormatError) -> None:
+        nonlocal tweet, skipping
+        if on_error is None:
+            raise error
+        on_error(error)
+        tweet, skipping = None, True
+
+    for lineno, raw in _iter_decoded_lines(path, lenient=on_error is not None):
+        if isinstance(raw, CorpusFormatError):
+            fail(raw)
+            continue
+        line = _strip_newline(raw)
+        if "\r" in line and not skipping:
+            fail(CorpusFormatError(path, lineno, "carriage return inside the line (a token must not contain \\r)"))
+            continue
+        if not line.strip():
+            if tweet is not None:
+                if tweet.tokens:
+                    yield tweet
+                else:
+                    fail(CorpusFormatError(path, tweet.line,
+                                           "tweet without tokens (IMGID line followed by a blank line)"))
+            tweet, skipping = None, False
+            continue
+        if skipping:
+            continue
+        if line.startswith(IMGID_PREFIX):
+            if tweet is not None:
+                if not tweet.tokens:
+                    fail(CorpusFormatError(path, tweet.line,
+                                           "tweet without tokens (IMGID line followed by a blank line)"))
+                else:
+                    fail(CorpusFormatError(path, lineno, f"IMGID line inside the tweet that starts at line "
+                                                         f"{tweet.line} (tweets must be separated by a blank line)"))
+                continue
+            seen_imgid = True
+            image_id = line[len(IMGID_PREFIX):].strip()
+            if not image_id:
+                fail(CorpusFormatError(path, lineno, "IMGID line with an empty id"))
+            elif any(ch.isspace() for ch in image_id) or "/" in image_id or "\\" in image_id or image_id in (".", ".."):
+                fail(CorpusFormatError(path, lineno,
+                                       f"malformed image id {image_id!r} (whitespace or path separator)"))
+            else:
+                tweet = ImgidTweet(lineno, image_id, [], [])
+            continue
+        # a token line
+        if tweet is None:
+            fail(CorpusFormatError(path, lineno, "tweet without an IMGID line (a blank line must be followed by "
+                                                 "IMGID:<id>)" if seen_imgid else
+                                   "token line before any IMGID line (each tweet starts with IMGID:<id>)"))
+            continue
+        fields = line.rstrip().split("\t")  # the same split Flair's ColumnDataset makes with column_delimiter="\t"
+        if len(fields) > 2:
+            fail(CorpusFormatError(path, lineno,
+                                   f"{len(fields)} TAB-separated columns, expected 2 (token<TAB>tag)"))
+            continue
+        token, tag = (fields[0], fields[1]) if len(fields) == 2 else (fields[0], None)
+        has_tags = tweet.tags is not None
+        if tag is None and (require_tags or (has_tags and tweet.tokens)):
+            fail(CorpusFormatError(path, lineno, f"token line without a tag: {line!r} (expected token<TAB>tag)"))
+            continue
+        if tag is not None and not has_tags:
+            fail(CorpusFormatError(path, lineno, f"token line with a tag in a tweet whose tokens have none: {line!r}"))
+            continue
+        if not token:
+            fail(CorpusFormatError(path, lineno, "empty token"))
+            continue
+        if tag is not None and not tag:
+            fail(CorpusFormatError(path, lineno, f"empty tag for token {token!r}"))
+            continue
+        if tag is not None and not tag_ok(tag):
+            fail(CorpusFormatError(path, lineno, f"unknown tag {tag!r} (allowed: {allowed_text})"))
+            continue
+        if not tweet.tokens and tag is None:
+            tweet.tags = None
+        tweet.tokens.append(token)
+        if tweet.tags is not None:
+            tweet.tags.append(tag)
+    if tweet is not None:
+        if tweet.tokens:
+            yield tweet
+        else:
+            fail(CorpusFormatError(path, tweet.line, "tweet without tokens (IMGID line followed by a blank line)"))
+
+
 def scan_imgid_file(path: str | Path, entity_types: Iterable[str] = DEFAULT_ENTITY_TYPES) -> SplitStats:
     """Validate one IMGID file in a fast pre-pass and count what it holds.
 
@@ -195,77 +333,18 @@ def scan_imgid_file(path: str | Path, entity_types: Iterable[str] = DEFAULT_ENTI
     line, and a file without tweets. Orphan ``I-`` tags are allowed and counted.
     """
     path = _require_file(path, "IMGID corpus file")
-    types = tuple(entity_types)
-    allowed = {"O"} | {f"{p}-{t}" for p in ("B", "I") for t in types}
     stats = SplitStats(file=path)
-    in_block = False
-    block_line = 0
-    block_tokens = 0
-    prev_tag = "O"
-
-    def close_block() -> None:
-        if block_tokens == 0:
-            raise CorpusFormatError(path, block_line, "tweet without tokens (IMGID line followed by a blank line)")
-
-    for lineno, raw in _iter_decoded_lines(path):
-        line = _strip_newline(raw)
-        if "\r" in line:
-            raise CorpusFormatError(path, lineno, "carriage return inside the line (a token must not contain \\r)")
-        if not line.strip():
-            if in_block:
-                close_block()
-                in_block = False
-            continue
-        if line.startswith(IMGID_PREFIX):
-            if in_block:
-                if block_tokens == 0:
-                    close_block()
-                raise CorpusFormatError(
-                    path, lineno,
-                    f"IMGID line inside the tweet that starts at line {block_line} "
-                    "(tweets must be separated by a blank line)",
-                )
-            image_id = line[len(IMGID_PREFIX):].strip()
-            if not image_id:
-                raise CorpusFormatError(path, lineno, "IMGID line with an empty id")
-            if any(ch.isspace() for ch in image_id) or "/" in image_id or "\\" in image_id or image_id in (".", ".."):
-                raise CorpusFormatError(path, lineno, f"malformed image id {image_id!r} (whitespace or path separator)")
-            stats.image_ids.append(image_id)
-            stats.tweets += 1
-            in_block, block_line, block_tokens, prev_tag = True, lineno, 0, "O"
-            continue
-        # a token line
-        if not in_block:
-            if stats.tweets == 0:
-                raise CorpusFormatError(path, lineno,
-                                        "token line before any IMGID line (each tweet starts with IMGID:<id>)")
-            raise CorpusFormatError(path, lineno,
-                                    "tweet without an IMGID line (a blank line must be followed by IMGID:<id>)")
-        fields = line.rstrip().split("\t")  # the same split Flair's ColumnDataset makes with column_delimiter="\t"
-        if len(fields) == 1:
-            raise CorpusFormatError(path, lineno, f"token line without a tag: {line!r} (expected token<TAB>tag)")
-        if len(fields) > 2:
-            raise CorpusFormatError(path, lineno, f"{len(fields)} TAB-separated columns, expected 2 (token<TAB>tag)")
-        token, tag = fields
-        if not token:
-            raise CorpusFormatError(path, lineno, "empty token")
-        if not tag:
-            raise CorpusFormatError(path, lineno, f"empty tag for token {token!r}")
-        if tag not in allowed:
-            raise CorpusFormatError(
-                path, lineno,
-                f"unknown tag {tag!r} (allowed: O, B-X and I-X with X in {', '.join(types)}; "
-                "pass entity_types=... to allow other types)",
-            )
-        if tag.startswith("B-"):
-            stats.begin_tags[tag[2:]] += 1
-        elif tag.startswith("I-") and prev_tag[2:] != tag[2:]:
-            stats.orphan_inside[tag[2:]] += 1
-        prev_tag = tag
-        block_tokens += 1
-        stats.tokens += 1
-    if in_block:
-        close_block()
+    for tweet in iter_imgid_tweets(path, entity_types):
+        stats.image_ids.append(tweet.image_id)
+        stats.tweets += 1
+        stats.tokens += len(tweet.tokens)
+        prev_tag = "O"
+        for tag in tweet.tags or ():
+            if tag.startswith("B-"):
+                stats.begin_tags[tag[2:]] += 1
+            elif tag.startswith("I-") and prev_tag[2:] != tag[2:]:
+                stats.orphan_inside[tag[2:]] += 1
+            prev_tag = tag
     if stats.tweets == 0:
         raise CorpusFormatError(path, None, "no tweets in the file (is it empty?)")
     return stats
@@ -486,15 +565,23 @@ def _table_kind(path: Path) -> str:
                                      "nor a comma (name the file .csv or .tsv)")
 
 
-def _iter_table(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str]]]]:
+def _iter_table(path: Path, on_error: Callable[[CorpusFormatError], None] | None = None
+                ) -> tuple[list[str], Iterator[tuple[int, dict[str, str]]]]:
     """Header (lower-cased, stripped names) and a stream of ``(line, {column: value})`` rows of a CSV/TSV
-    file; blank lines are skipped, a row with the wrong number of fields is an error."""
+    file; blank lines are skipped, a row with the wrong number of fields is an error (raised, or passed to
+    ``on_error`` and the row skipped; for a TSV, bytes that are not UTF-8 too)."""
     kind = _table_kind(path)
-    lines = _iter_decoded_lines(path)
+    lenient = on_error is not None and kind == "tsv"
+    lines = _iter_decoded_lines(path, lenient=lenient)
 
     if kind == "tsv":
         def records() -> Iterator[tuple[int, list[str]]]:
             for lineno, raw in lines:
+                if isinstance(raw, CorpusFormatError):
+                    if lineno == 1:
+                        raise raw  # the header
+                    on_error(raw)
+                    continue
                 line = _strip_newline(raw)
                 if line.strip():
                     yield lineno, [_unescape_tsv(v) for v in line.split("\t")]
@@ -526,7 +613,11 @@ def _iter_table(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, st
             if len(values) != len(names):
                 too_many = kind == "tsv" and len(values) > len(names)
                 extra = " (a TAB inside a text must be written as \\t)" if too_many else ""
-                raise CorpusFormatError(path, lineno, f"{len(values)} fields, the header has {len(names)}{extra}")
+                error = CorpusFormatError(path, lineno, f"{len(values)} fields, the header has {len(names)}{extra}")
+                if on_error is None:
+                    raise error
+                on_error(error)
+                continue
             yield lineno, dict(zip(names, values))
 
     return names, rows()
@@ -642,6 +733,80 @@ def _unlabelled_kind(path: Path) -> str:
                                      "or a TSV with the header text<TAB>image")
 
 
+@dataclass
+class UnlabelledRecord:
+    """One record of an unlabelled-pairs file (JSONL or TSV), as :func:`iter_unlabelled_records` reads it."""
+
+    line: int
+    """1-based line in the file."""
+    text: str
+    tokens: list[str]
+    """``tokenize_tweet(text)``; empty for an empty text."""
+    image: Path | None
+    """The resolved image path (absolute), or ``None`` when the record names no image."""
+    id: object = None
+    """The record's ``"id"`` (JSON value or TSV ``id`` column), ``None`` when absent."""
+
+
+def iter_unlabelled_records(path: str | Path, image_dir: str | Path | None = None, *,
+                            on_error: Callable[[CorpusFormatError], None] | None = None
+                            ) -> Iterator[UnlabelledRecord]:
+    """Stream every record of a JSONL or TSV pairs file, one at a time, **including** empty texts.
+
+    JSONL records are objects with ``"text"``, optional ``"image"`` (null/absent/empty = no image) and
+    optional ``"id"``; a TSV needs a ``text`` column and may have ``image`` and ``id``. Relative images
+    resolve against ``image_dir`` (default: the file's folder). A malformed line (bad JSON, not an object,
+    no ``"text"``, a wrong type, bytes that are not UTF-8, a TSV row with the wrong number of fields) raises
+    :class:`CorpusFormatError`, or is passed to ``on_error`` and skipped. Problems of the whole file (an
+    unknown format, a TSV header without ``text``) always raise, before the first record is read.
+    """
+    path = _require_file(path, "unlabelled pairs file")
+    base = Path(image_dir).expanduser() if image_dir is not None else path.parent
+    kind = _unlabelled_kind(path)  # raises now, before the first record is requested
+    if kind == "jsonl":
+        return _jsonl_records(path, base, on_error)
+    names, rows = _iter_table(path, on_error)
+    if "text" not in names:
+        raise CorpusFormatError(path, 1, f"header needs a 'text' column (and 'image'); found: {', '.join(names)}")
+    return (UnlabelledRecord(lineno, row["text"], tokenize_tweet(row["text"]), _resolve_image(row.get("image"), base),
+                             row.get("id") or None)
+            for lineno, row in rows)
+
+
+def _jsonl_record(path: Path, lineno: int, line: str, base: Path) -> UnlabelledRecord:
+    """One JSON line as a record; raises :class:`CorpusFormatError` for a malformed one."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise CorpusFormatError(path, lineno, f"malformed JSON: {err.msg} (column {err.colno})") from None
+    if not isinstance(obj, dict):
+        raise CorpusFormatError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
+    if "text" not in obj:
+        raise CorpusFormatError(path, lineno, "JSON object without a \"text\" field")
+    text, image = obj["text"], obj.get("image")
+    if not isinstance(text, str):
+        raise CorpusFormatError(path, lineno, f"\"text\" must be a string, got {type(text).__name__}")
+    if image is not None and not isinstance(image, str):
+        raise CorpusFormatError(path, lineno, f"\"image\" must be a string or null, got {type(image).__name__}")
+    return UnlabelledRecord(lineno, text, tokenize_tweet(text), _resolve_image(image, base), obj.get("id"))
+
+
+def _jsonl_records(path: Path, base: Path, on_error: Callable[[CorpusFormatError], None] | None
+                   ) -> Iterator[UnlabelledRecord]:
+    for lineno, raw in _iter_decoded_lines(path, lenient=on_error is not None):
+        try:
+            if isinstance(raw, CorpusFormatError):
+                raise raw
+            line = raw.strip()
+            if not line:
+                continue
+            yield _jsonl_record(path, lineno, line, base)
+        except CorpusFormatError as err:
+            if on_error is None:
+                raise
+            on_error(err)
+
+
 def iter_unlabelled_pairs(path: str | Path, image_dir: str | Path | None = None) -> Iterator[RelationPair]:
     """Stream unlabelled text-image pairs (task 2, §3.3) from JSON lines or TSV, one record at a time.
 
@@ -652,54 +817,21 @@ def iter_unlabelled_pairs(path: str | Path, image_dir: str | Path | None = None)
     :class:`CorpusFormatError` when the stream reaches them. Records whose text is empty (or has no
     token) are **skipped** and counted; one warning with the count is logged when the stream ends.
     Image files are not checked here (that would cost a stat per pair); the embedding/featurizer
-    reports images it cannot read.
+    reports images it cannot read. (:func:`iter_unlabelled_records` is the same stream with every
+    record, its line and id.)
     """
-    path = _require_file(path, "unlabelled pairs file")
-    base = Path(image_dir).expanduser() if image_dir is not None else path.parent
-    kind = _unlabelled_kind(path)  # raises now, before the first pair is requested
-    return _unlabelled_stream(path, base, kind)
+    records = iter_unlabelled_records(path, image_dir)  # raises now for a missing or unknown file
+    return _unlabelled_stream(Path(path).expanduser(), records)
 
 
-def _unlabelled_stream(path: Path, base: Path, kind: str) -> Iterator[RelationPair]:
+def _unlabelled_stream(path: Path, records: Iterator[UnlabelledRecord]) -> Iterator[RelationPair]:
     seen = skipped = 0
-
-    if kind == "jsonl":
-        def records() -> Iterator[tuple[int, str, object]]:
-            for lineno, raw in _iter_decoded_lines(path):
-                line = raw.strip()
-                if not line:
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise CorpusFormatError(path, lineno, f"malformed JSON: {err.msg} (column {err.colno})") from None
-                if not isinstance(obj, dict):
-                    raise CorpusFormatError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
-                if "text" not in obj:
-                    raise CorpusFormatError(path, lineno, "JSON object without a \"text\" field")
-                text, image = obj["text"], obj.get("image")
-                if not isinstance(text, str):
-                    raise CorpusFormatError(path, lineno, f"\"text\" must be a string, got {type(text).__name__}")
-                if image is not None and not isinstance(image, str):
-                    raise CorpusFormatError(path, lineno, f"\"image\" must be a string or null, got "
-                                                          f"{type(image).__name__}")
-                yield lineno, text, image
-    else:
-        names, rows = _iter_table(path)
-        if "text" not in names:
-            raise CorpusFormatError(path, 1, f"header needs a 'text' column (and 'image'); found: {', '.join(names)}")
-
-        def records() -> Iterator[tuple[int, str, object]]:
-            for lineno, row in rows:
-                yield lineno, row["text"], row.get("image")
-
-    for _lineno, text, image in records():
+    for record in records:
         seen += 1
-        tokens = tokenize_tweet(text) if text.strip() else []
-        if not tokens:
+        if not record.tokens:
             skipped += 1
             continue
-        yield RelationPair(text=text, tokens=tokens, image=_resolve_image(image, base))
+        yield RelationPair(text=record.text, tokens=record.tokens, image=record.image)
     if skipped:
         log.warning("skipped %d of %d unlabelled pairs in %s: empty text", skipped, seen, path)
 

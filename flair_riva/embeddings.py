@@ -76,6 +76,8 @@ PARAMS_VERSION = 1
 RELEVANCE_KEY = "riva_relevance"
 ATTENTION_KEY = "riva_attention"
 REASON_KEY = "riva_image_reason"
+RELEVANCES_KEY = "riva_relevances"
+"""Metadata ``{embedding name: s_G}`` of every RIVA embedding that embedded the sentence (a stack may hold several)."""
 
 
 def model_fingerprint(config: RivaConfig, vocab: Vocabulary, length: int = 10) -> str:
@@ -200,6 +202,9 @@ class RivaEmbeddings(TokenEmbeddings):
         for i, sentence in enumerate(batch):
             for token, vector in zip(sentence, states[i]):
                 token.set_embedding(self.name, vector if grad else vector.detach())
+            by_name = sentence.get_metadata(RELEVANCES_KEY) if sentence.has_metadata(RELEVANCES_KEY) else {}
+            by_name[self.name] = float(s_g[i]) if self.use_image else 0.0
+            sentence.add_metadata(RELEVANCES_KEY, by_name)
             if self.use_image:
                 att = attention[i] if (has_image[i] and attention is not None) else None
                 sentence.add_metadata(RELEVANCE_KEY, float(s_g[i]))
@@ -346,6 +351,19 @@ class RivaEmbeddings(TokenEmbeddings):
     def relevance(sentence: Sentence) -> float | None:
         """The relevance score s_G of the last RIVA embedding of ``sentence`` (None if not embedded)."""
         return float(sentence.get_metadata(RELEVANCE_KEY)) if sentence.has_metadata(RELEVANCE_KEY) else None
+
+    @staticmethod
+    def relevances(sentence: Sentence) -> dict[str, float]:
+        """s_G of every RIVA embedding that embedded ``sentence``, by embedding name (0 for text-only ones)."""
+        return dict(sentence.get_metadata(RELEVANCES_KEY)) if sentence.has_metadata(RELEVANCES_KEY) else {}
+
+    def use_feature_cache(self, feature_cache: str | Path | None) -> None:
+        """Read and write image features through ``feature_cache`` from now on (``None``: compute them).
+
+        Changes speed only, never the output; a loaded tagger can so use a cache of this machine."""
+        self.feature_cache = str(feature_cache) if feature_cache is not None else None
+        self._from_params = False
+        self._featurizer = None
 
     # -- persistence --------------------------------------------------------------------------------
     def to_params(self) -> dict[str, Any]:

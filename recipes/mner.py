@@ -53,6 +53,8 @@ from flair.embeddings import (
 from flair.models import SequenceTagger
 from flair.trainers import ModelTrainer
 
+from flair_riva.scoring import predicted_bio, strict_f1
+
 log = logging.getLogger("flair")
 
 TABLE4 = ["text", "image+text", "+RIVA(text)", "+RIVA(image+text)"]
@@ -219,27 +221,7 @@ class SkipConfig(Exception):
     """A configuration whose models were not given: it is reported as skipped, not run."""
 
 
-# -- scoring ------------------------------------------------------------------------------------------
-
-def predicted_bio(sentence: Sentence, label_type: str = "ner", offset: int = 0) -> list[str]:
-    """BIO tags of the predicted spans of a sentence (``offset`` drops leading pseudo-tokens)."""
-    tags = ["O"] * len(sentence)
-    for span in sentence.get_spans("predicted"):
-        value = span.get_label("predicted").value
-        idx = [t.idx - 1 for t in span.tokens]
-        tags[idx[0]] = f"B-{value}"
-        for i in idx[1:]:
-            tags[i] = f"I-{value}"
-    return tags[offset:]
-
-
-def strict_f1(gold: list[list[str]], pred: list[list[str]]) -> float:
-    """Span micro F1 in seqeval's strict IOB2 mode (an orphan ``I-`` is no entity), in %."""
-    from seqeval.metrics import f1_score
-    from seqeval.scheme import IOB2
-
-    return 100 * f1_score(gold, pred, mode="strict", scheme=IOB2) if gold else float("nan")
-
+# -- scoring (predicted_bio, strict_f1: flair_riva.scoring) ---------------------------------------------
 
 def relevance_of(sentences: Sequence[Sentence], riva_dir: Path, feature_cache: Path | None) -> list[float]:
     """s_G of every sentence under the RIVA model's RGN (Table 6 splits the test set at 0.5)."""

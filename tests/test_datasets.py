@@ -15,7 +15,9 @@ from flair_riva.datasets import (
     CorpusFormatError,
     RelationPair,
     TwitterMNERCorpus,
+    iter_imgid_tweets,
     iter_unlabelled_pairs,
+    iter_unlabelled_records,
     read_pseudo_labelled,
     read_relation_pairs,
     scan_imgid_file,
@@ -403,3 +405,46 @@ def test_read_pseudo_labelled_errors(tmp_path):
     path.write_text("text\timage\tlabel\tscore\na\t\t\t0.9\n", encoding="utf-8")
     with pytest.raises(CorpusFormatError, match=r"p\.tsv:2: missing label"):
         read_pseudo_labelled(path)
+
+
+# ------------------------------------------------------------------------------------ record streams (tagging)
+
+
+def test_iter_imgid_tweets_skips_bad_tweets_with_on_error_and_accepts_untagged_tokens(tmp_path):
+    path = tmp_path / "new.txt"
+    path.write_bytes(b"IMGID:1\nLook\tO\nJordan\tB-PER\n\n"
+                     b"IMGID:2\nbad\tO\tX\nrest\tO\n\n"        # 3 columns: the tweet is skipped
+                     b"IMGID:3\nno\nnaked\ntags\n\n"            # no tag column at all: fine without require_tags
+                     b"IMGID:4\ncaf\xe9\n\n"                      # not UTF-8
+                     b"IMGID:5\nmixed\tO\nlast\n\n"
+                     b"IMGID:6\nweird\tB-FOOD\n")
+    errors = []
+    tweets = list(iter_imgid_tweets(path, entity_types=None, require_tags=False, on_error=errors.append))
+    assert [(t.image_id, t.tokens, t.tags) for t in tweets] == [
+        ("1", ["Look", "Jordan"], ["O", "B-PER"]), ("3", ["no", "naked", "tags"], None),
+        ("6", ["weird"], ["B-FOOD"])]
+    assert [e.line for e in errors] == [6, 15, 19]
+    assert "not valid UTF-8" in str(errors[1]) and "token line without a tag" in str(errors[2])
+    with pytest.raises(CorpusFormatError, match=r"new\.txt:6: 3 TAB-separated columns"):
+        list(iter_imgid_tweets(path, entity_types=None, require_tags=False))
+    errors.clear()  # the corpus defaults: tags required, the known entity types
+    assert [t.image_id for t in iter_imgid_tweets(path, on_error=errors.append)] == ["1"]
+    assert [e.line for e in errors] == [6, 10, 15, 19, 22] and "unknown tag 'B-FOOD'" in str(errors[-1])
+
+
+def test_iter_unlabelled_records_keeps_empty_texts_ids_and_lines(tmp_path):
+    path = tmp_path / "u.jsonl"
+    path.write_text('{"text": "a b", "id": 7}\n{"text": ""}\n\n{"text": 1}\n{"text": "c", "id": "x", '
+                    '"image": "i.jpg"}\n', encoding="utf-8")
+    errors = []
+    records = list(iter_unlabelled_records(path, image_dir=tmp_path / "imgs", on_error=errors.append))
+    assert [(r.line, r.text, r.tokens, r.id) for r in records] == [(1, "a b", ["a", "b"], 7), (2, "", [], None),
+                                                                    (5, "c", ["c"], "x")]
+    assert records[2].image == tmp_path / "imgs" / "i.jpg"
+    assert [e.line for e in errors] == [4]
+    tsv = tmp_path / "u.tsv"
+    tsv.write_text("text\timage\tid\na\t\t1\nb\tc\n\t\t3\n", encoding="utf-8")
+    errors.clear()
+    records = list(iter_unlabelled_records(tsv, on_error=errors.append))
+    assert [(r.line, r.tokens, r.image, r.id) for r in records] == [(2, ["a"], None, "1"), (4, [], None, "3")]
+    assert [e.line for e in errors] == [3] and "2 fields" in str(errors[0])
