@@ -895,3 +895,16 @@ def read_pseudo_labelled(path: str | Path, image_dir: str | Path | None = None) 
 def sentence_image_path(sentence: Sentence, key: str = "image_path") -> str | None:
     """The image path stored on a sentence, or None (a small helper for embeddings and recipes)."""
     return sentence.get_metadata(key) if sentence.has_metadata(key) else None
+
+
+def read_relation_truth(path: str | Path) -> dict[str, int]:
+    """A relation truth file (``image_id<TAB>image_adds[<TAB>...]`` with a header line, as the demo world's
+    ``ner/relation_truth.tsv``) -> {image_id: 1 if the image adds, else 0}."""
+    truth = {}
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines()[1:], start=2):
+        if line.strip():
+            fields = line.split("\t")
+            if len(fields) < 2 or fields[1].strip() not in ("0", "1"):
+                raise CorpusFormatError(f"{path}:{number}: expected image_id<TAB>image_adds (0 or 1), got {line!r}")
+            truth[fields[0]] = int(fields[1])
+    return truth

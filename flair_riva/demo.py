@@ -113,14 +113,10 @@ class DemoWorld:
 
     def relation_truth(self) -> dict[str, int]:
         """image_id -> image_adds (1 related, 0 unrelated) for every NER tweet."""
+        from flair_riva.datasets import read_relation_truth
+
         assert self.relation_truth_file is not None
-        truth = {}
-        lines = self.relation_truth_file.read_text(encoding="utf-8").splitlines()[1:]
-        for line in lines:
-            if line.strip():
-                image_id, adds = line.split("\t")[:2]
-                truth[image_id] = int(adds)
-        return truth
+        return read_relation_truth(self.relation_truth_file)
 
 
 def default_demo_root() -> Path:
@@ -400,7 +396,7 @@ class _TweetMaker:
         return _Tweet(tokens, tags, image_kind, etype, related, context, cue)
 
 
-P_SHOWN, P_OPENER = 1.0, 0.5  # world v2: in related unlabelled pairs (neutral context for SHOWN)
+P_SHOWN, P_OPENER = 0.75, 0.5  # world v2: in related unlabelled pairs (neutral context for SHOWN)
 
 
 def image_information(tweet: _Tweet) -> float:

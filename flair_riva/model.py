@@ -163,7 +163,8 @@ class VCN(nn.Module):
         """(B, d_t), (B, R, d_v) -> v_c (B, d_v) and the head-averaged attention of Eq. (8), (B, R)."""
         b, r, _ = regions.shape
         q = self.query(f_t).view(b, self.num_heads, 1, self.head_dim)
-        kv = self.key_value(normalize_visual(self.region_norm, regions, has_image)).view(b, r, self.num_heads, self.head_dim).transpose(1, 2)
+        kv = self.key_value(normalize_visual(self.region_norm, regions, has_image))
+        kv = kv.view(b, r, self.num_heads, self.head_dim).transpose(1, 2)
         scores = q @ kv.transpose(-1, -2) / math.sqrt(self.head_dim)      # Eq. (3): QK^T / sqrt(d_k)
         weights = scores.softmax(dim=-1)                                   # (B, h, 1, R)
         v_c = (weights @ kv).reshape(b, self.num_heads * self.head_dim)    # Eq. (4)-(5)

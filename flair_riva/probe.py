@@ -34,6 +34,8 @@ from pathlib import Path
 import torch
 from flair.data import Sentence
 
+from flair_riva.datasets import read_relation_truth
+
 log = logging.getLogger("flair")
 
 SHUFFLED_KEY = "riva_probe_shuffled_image"
@@ -202,16 +204,6 @@ def _subsets(examples: Sequence[ProbeExample], ambiguous: set[str], truth: dict[
             subsets[name] = members
             subsets[f"{name}, text-ambiguous"] = [i for i in members if examples[i].surface in ambiguous]
     return {name: members for name, members in subsets.items() if members}
-
-
-def read_relation_truth(path: str | Path) -> dict[str, int]:
-    """``image_id<TAB>image_adds[<TAB>...]`` with a header line -> {image_id: 0/1}."""
-    truth = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines()[1:]:
-        if line.strip():
-            image_id, adds = line.split("\t")[:2]
-            truth[image_id] = int(adds)
-    return truth
 
 
 def main(argv: Sequence[str] | None = None) -> int:

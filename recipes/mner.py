@@ -359,7 +359,8 @@ def run_experiments(args: ExperimentArgs, relevance: list[float] | None = None) 
     for split, (have, total) in coverage.items():
         log.info("%s %s: %d of %d tweets have an image file; the others are embedded text-only", args.name, split,
                  have, total)
-    if relevance is None and (args.riva is not None or args.relation_truth is not None) and any(c in args.configs for c in TABLE6 + TABLE4):
+    wanted = any(c in args.configs for c in TABLE6 + TABLE4)
+    if relevance is None and (args.riva is not None or args.relation_truth is not None) and wanted:
         relevance = (relevance_of(list(args.corpus.test), args.riva, args.feature_cache) if args.riva is not None
                      else [0.0] * len(args.corpus.test))
     rows, skipped = [], {}

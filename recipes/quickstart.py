@@ -6,13 +6,14 @@
 3. the evidence that the image is used: each model's image gain and gate separation on its held-out
    pairs (``metrics.tsv``), the entity-type probe on frozen vectors (``python -m flair_riva.probe``: own,
    shuffled and no images), and the mean s_G on test tweets whose image adds or not;
-4. train Flair's biLSTM-CRF on the demo MNER corpus for: text; image+text (the ``[IMG]`` baseline);
-   + RIVA(text); + RIVA(image+text); -RGN (two at a time), and print the F1 table, with the test
-   tweets split by whether their image adds (the demo world's ground truth);
+4. train Flair's biLSTM-CRF on the demo MNER corpus for: text; + RIVA(text); + RIVA(image+text); -RGN
+   (and with ``--configs`` the image+text ``[IMG]`` baseline), two at a time, and print the F1 table,
+   with the test tweets split by whether their image adds (the demo world's ground truth);
 5. draw one Table 7 figure.
 
 Usage: ``python recipes/quickstart.py [--output runs/quickstart] [--seeds 1] [--jobs 2]``
-(``--seeds 3`` trains every tagger with 3 seeds and reports mean ± std; the README gives those figures.)
+The README's 3-seed figures come from ``--seeds 3 --epochs 10 --all-configs --probe riva riva-text
+riva-nogate`` (mean ± std over the tagger seeds).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mner  # noqa: E402
 
-from flair_riva.datasets import TwitterMNERCorpus  # noqa: E402
+from flair_riva.datasets import TwitterMNERCorpus, read_relation_truth  # noqa: E402
 from flair_riva.demo import default_demo_root, generate_demo_world  # noqa: E402
 from flair_riva.pretrain.state import read_metrics  # noqa: E402
 
@@ -46,17 +47,26 @@ log = logging.getLogger("flair")
 QUICK_MODEL = ["--rgn-hidden-size", "64", "--rgn-layers", "1", "--vlcn-hidden-size", "128", "--vlcn-layers", "1"]
 MODELS = {"riva": [], "riva-text": ["--no-image"], "riva-nogate": ["--no-gate"]}
 CONFIGS = ["text", "image+text", "+RIVA(text)", "+RIVA(image+text)", "-RGN"]
+#: What the quickstart trains and probes by default (to stay within ~10 minutes on 2 cores); the README's
+#: 3-seed figures add the image+text [IMG] baseline and the -RGN probe (--configs ... --probe ...).
+QUICK_CONFIGS = ["text", "+RIVA(text)", "+RIVA(image+text)", "-RGN"]
+QUICK_PROBES = ["riva", "riva-text"]
 
 
-def _run_all(commands: list[list[str]], jobs: int) -> None:
-    """Run commands, ``jobs`` at a time (each single-threaded); fail if any fails."""
+def _run_all(commands: list[list[str] | tuple[list[str], Path]], jobs: int) -> None:
+    """Run commands, ``jobs`` at a time (each single-threaded); fail if any fails. A ``(command, path)``
+    item starts only once ``path`` exists (written atomically by an earlier command)."""
     running: list[tuple[list[str], subprocess.Popen]] = []
-    pending = list(commands)
+    pending = [item if isinstance(item, tuple) else (item, None) for item in commands]
     while pending or running:
-        while pending and len(running) < jobs:
-            cmd = pending.pop(0)
-            log.info("running: %s", " ".join(cmd))
-            running.append((cmd, subprocess.Popen(cmd)))
+        ready = [item for item in pending if item[1] is None or item[1].exists()]
+        while ready and len(running) < jobs:
+            item = ready.pop(0)
+            pending.remove(item)
+            log.info("running: %s", " ".join(item[0]))
+            running.append((item[0], subprocess.Popen(item[0])))
+        if pending and not running and not ready:
+            raise RuntimeError(f"waiting for {pending[0][1]}, which no running command writes")
         time.sleep(0.5)
         for item in list(running):
             cmd, proc = item
@@ -68,25 +78,31 @@ def _run_all(commands: list[list[str]], jobs: int) -> None:
                     raise subprocess.CalledProcessError(proc.returncode, cmd)
 
 
-def pretrain_commands(world, output: Path, epochs: int, teacher_epochs: int) -> list[list[str]]:
-    """``python -m flair_riva.pretrain`` on the demo world for each model not yet finished."""
-    commands = []
+def pretrain_commands(world, output: Path, epochs: int, teacher_epochs: int) -> list:
+    """``python -m flair_riva.pretrain`` on the demo world for each model not yet finished. The -RGN run
+    reuses the image model's teacher (the same network on the same data), so it waits for it."""
+    commands: list = []
     for name, extra in MODELS.items():
         if (output / name / "final" / "config.json").exists():
             log.info("reusing %s", output / name / "final")
             continue
-        commands.append([sys.executable, "-m", "flair_riva.pretrain", "--demo-dir", str(world.root),
+        wait = None
+        if name == "riva-nogate":
+            wait = output / "riva" / "teacher"
+            extra = extra + ["--teacher", str(wait)]
+        commands.append(([sys.executable, "-m", "flair_riva.pretrain", "--demo-dir", str(world.root),
                          "--output", str(output / name), "--freeze-backbone", "--backbone-weights", "none",
                          "--feature-cache", str(world.root / "feature-cache"), "--overwrite", "--no-progress",
-                         "--epochs", str(epochs), "--teacher-epochs", str(teacher_epochs)] + QUICK_MODEL + extra)
+                         "--epochs", str(epochs), "--teacher-epochs", str(teacher_epochs)] + QUICK_MODEL + extra, wait))
     return commands
 
 
-def probe_commands(world, output: Path) -> list[list[str]]:
+def probe_commands(world, output: Path, names: list[str]) -> list[list[str]]:
+    """``python -m flair_riva.probe`` for each named model that has no probe.json yet."""
     return [[sys.executable, "-m", "flair_riva.probe", "--model", str(output / name / "final"),
              "--corpus", str(world.ner_dir), "--feature-cache", str(world.root / "feature-cache"),
              "--relation-truth", str(world.relation_truth_file), "--output", str(output / name / "probe.json")]
-            for name in MODELS]
+            for name in names if not (output / name / "probe.json").exists()]
 
 
 def _tagger_job(config: str, seed: int, settings: dict) -> dict:
@@ -101,9 +117,7 @@ def experiment_args(settings: dict) -> mner.ExperimentArgs:
     world_root = Path(settings["world"])
     corpus = TwitterMNERCorpus(world_root / "ner", image_dir=world_root / "ner" / "images", name="demo-world")
     gold = {split: mner.read_gold_tags(world_root / "ner" / f"{split}.txt") for split in ("dev", "test")}
-    truth = {row.split("\t")[0]: int(row.split("\t")[1])
-             for row in (world_root / "ner" / "relation_truth.tsv").read_text(encoding="utf-8").splitlines()[1:]
-             if row.strip()}
+    truth = read_relation_truth(world_root / "ner" / "relation_truth.tsv")
     models = Path(settings["models"])
     return mner.ExperimentArgs(
         corpus=corpus, name="demo world", output=Path(settings["output"]), gold_tags=gold,
@@ -122,8 +136,9 @@ def pretraining_evidence(output: Path) -> str:
     for name in MODELS:
         rows = read_metrics(output / name / "metrics.tsv")
         last = rows[-1]
-        lines.append(f"| {name} | {float(last['HELDOUT_PPL']):.2f} | {last['IMAGE_GAIN']} | {last['GATE_SEPARATION']} | "
-                     f"{last['TEACHER_TEST_F1']} / {last['PSEUDO_TEST_F1']} / {last['FINETUNED_TEST_F1']} |")
+        lines.append(f"| {name} | {float(last['HELDOUT_PPL']):.2f} | {last['IMAGE_GAIN']} | "
+                     f"{last['GATE_SEPARATION']} | {last['TEACHER_TEST_F1']} / {last['PSEUDO_TEST_F1']} / "
+                     f"{last['FINETUNED_TEST_F1']} |")
     return "\n".join(lines)
 
 
@@ -132,6 +147,8 @@ def probe_table(output: Path) -> str:
     lines = ["| vectors | dev entities, all | text-ambiguous, image adds | text-ambiguous, image doesn't add |",
              "|---|---:|---:|---:|"]
     for name in MODELS:
+        if not (output / name / "probe.json").exists():
+            continue
         report = json.loads((output / name / "probe.json").read_text(encoding="utf-8"))
         for condition, acc in report["accuracy"].items():
             cells = [acc.get(k) for k in ("all", "image adds, text-ambiguous", "image doesn't add, text-ambiguous")]
@@ -149,14 +166,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=Path("runs/quickstart"))
     parser.add_argument("--demo-dir", type=Path, default=None)
-    parser.add_argument("--epochs", type=int, default=10, help="biLSTM-CRF epochs")
+    parser.add_argument("--epochs", type=int, default=8, help="biLSTM-CRF epochs")
     parser.add_argument("--batch-size", type=int, default=16, help="biLSTM-CRF mini-batch")
-    parser.add_argument("--pretrain-epochs", type=int, default=4, help="epochs of Algorithm 1")
-    parser.add_argument("--teacher-epochs", type=int, default=12)
+    parser.add_argument("--pretrain-epochs", type=int, default=6, help="epochs of Algorithm 1")
+    parser.add_argument("--teacher-epochs", type=int, default=20)
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=2, help="processes at a time (one thread each)")
-    parser.add_argument("--configs", nargs="+", default=CONFIGS, choices=CONFIGS)
+    parser.add_argument("--configs", nargs="+", default=QUICK_CONFIGS, choices=CONFIGS,
+                        help="tagger configurations (%(default)s); -RGN must follow '--configs=' or use --all-configs")
+    parser.add_argument("--all-configs", action="store_true", help=f"train every configuration: {CONFIGS}")
+    parser.add_argument("--probe", nargs="+", default=QUICK_PROBES, choices=list(MODELS),
+                        help="models to probe (%(default)s)")
     args = parser.parse_args(argv)
+    if args.all_configs:
+        args.configs = list(CONFIGS)
     # one intra-op thread per process: faster than two for these small LSTMs, and two processes use both cores
     os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the subprocesses
     torch.set_num_threads(1)
@@ -165,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     world = generate_demo_world(args.demo_dir or default_demo_root())
     _run_all(pretrain_commands(world, output, args.pretrain_epochs, args.teacher_epochs), args.jobs)
     pretrain_seconds = time.time() - start
-    _run_all(probe_commands(world, output), args.jobs)
+    _run_all(probe_commands(world, output, args.probe), args.jobs)
 
     settings = {"world": str(world.root), "models": str(output), "output": str(output / "ner"),
                 "configs": args.configs, "seeds": args.seeds, "epochs": args.epochs, "batch_size": args.batch_size}

@@ -186,6 +186,10 @@ class PretrainArgs:
     backbone_lr: float = 1e-4
     rgn_lr_factor: float = 0.1
     """Learning rate of Algorithm 1's labelled pass (θ_RGN only, lines 7-11) as a factor of ``lr``."""
+    student_init: str = "teacher"
+    teacher: str | None = None
+    """A teacher model folder another run trained on the same data (``OTHER_RUN/teacher``): stage 1 reuses it."""
+    """``"teacher"``: the student's token encoder and RGN start from the teacher's weights; ``"fresh"``: random."""
     clip: float = 5.0
     anneal_factor: float = 1.0
     patience: int = 3
@@ -586,8 +590,9 @@ class Pretrainer:
             if value is None:
                 continue
             below = value <= lo if low_open else value < lo
-            if not math.isfinite(value) or below or value > hi or (option in ("--dropout", "--gate-dropout") and value >= hi):
-                bounds = f"{'(' if low_open else '['}{lo:g}, {hi:g}{')' if option in ('--dropout', '--gate-dropout') else ']'}"
+            open_high = option in ("--dropout", "--gate-dropout")
+            if not math.isfinite(value) or below or value > hi or (open_high and value >= hi):
+                bounds = f"{'(' if low_open else '['}{lo:g}, {hi:g}{')' if open_high else ']'}"
                 raise PretrainError(f"{option} must be a finite number in {bounds}, got {value}"
                                     + (" (0 = no clipping)" if option == "--clip" else ""))
         if a.patience < 0:
@@ -974,6 +979,36 @@ class Pretrainer:
         return teacher, {"epoch": best_epoch, "dev": dev_scores.to_dict(), "test": test_scores.to_dict(),
                          "train_pairs": len(train), "dev_pairs": len(dev), "test_pairs": len(test)}
 
+    def reuse_teacher(self, vocab: Vocabulary, config: RivaConfig) -> tuple[RivaModel, dict[str, Any]]:
+        """Stage 1 from ``--teacher DIR``: a teacher another run trained on the same data (e.g. the image
+        model's, for the -RGN ablation, whose teacher is the same network), checked and scored here."""
+        a = self.args
+        try:
+            teacher = RivaModel.load(a.teacher, map_location=self.device)
+        except CheckpointError as err:
+            raise PretrainError(f"--teacher {a.teacher}: {err}") from err
+        if teacher.vocab.words != vocab.words:
+            raise PretrainError(f"--teacher {a.teacher} was trained with another vocabulary than this run's")
+        fields = ("word_dim", "char_dim", "char_hidden_size", "rgn_hidden_size", "rgn_layers", "backbone",
+                  "visual_norm", "visual_dim")
+        differ = [f for f in fields if getattr(teacher.config, f) != getattr(config, f)]
+        if differ or not teacher.config.use_image:
+            raise PretrainError(f"--teacher {a.teacher} does not fit this run's model "
+                                f"(differs in {differ or 'use_image'})")
+        if self.frozen and teacher.backbone is not None:
+            teacher.backbone.load_state_dict(self.initial_backbone())  # the run's features (and cache key)
+            teacher.backbone.requires_grad_(False)
+        _, dev, test = self.labelled_splits(self.labelled)
+        source = self.visual_source()
+        self._log_line()
+        log.info("stage 1: reusing the teacher %s", a.teacher)
+        dev_scores = evaluate_relation(teacher, dev, source, self.eval_batch_size)
+        test_scores = evaluate_relation(teacher, test, source, self.eval_batch_size)
+        log.info("teacher: dev %s", dev_scores)
+        log.info("teacher: test %s", test_scores)
+        return teacher, {"epoch": 0, "dev": dev_scores.to_dict(), "test": test_scores.to_dict(),
+                         "train_pairs": 0, "dev_pairs": len(dev), "test_pairs": len(test), "from": str(a.teacher)}
+
     # -- stage 2: pseudo-labels ----------------------------------------------------------------------------
     def pseudo_label(self, teacher: RivaModel, expected: int | None) -> dict[str, Any]:
         """§3.1: label the unlabelled pairs in one streaming pass; keep top class score > threshold."""
@@ -1087,7 +1122,10 @@ class Pretrainer:
                 log.warning("cannot reuse %s (%s): training the teacher again", teacher_dir, err)
                 teacher = None
         if teacher is None:
-            teacher, state["teacher"] = self.train_teacher(vocab, config)
+            if a.teacher is not None:
+                teacher, state["teacher"] = self.reuse_teacher(vocab, config)
+            else:
+                teacher, state["teacher"] = self.train_teacher(vocab, config)
             teacher.save(teacher_dir)
             state.pop("pseudo", None)
             self._write_run_state()
@@ -1124,6 +1162,15 @@ class Pretrainer:
         data["pseudo"] = [corpus[i] for i in train_idx]
         data["heldout"] = [corpus[i] for i in held_idx]
         return data
+
+    def _init_from_teacher(self, student: RivaModel) -> None:
+        """The student's token encoder and RGN start as the teacher's (same architecture, §3.1), so Algorithm 1
+        begins from the teacher's relation classifier instead of re-learning it from its pseudo-labels."""
+        teacher = RivaModel.load(self.out / "teacher", map_location=self.device)
+        for part in ("token_encoder", "rgn"):
+            getattr(student, part).load_state_dict(getattr(teacher, part).state_dict())
+        if self.ctx.is_main:
+            log.info("student: token encoder and RGN initialised from the teacher (--student-init teacher)")
 
     def _checkpoints(self) -> list[tuple[tuple, Path, dict[str, Any]]]:
         found = []
@@ -1185,6 +1232,8 @@ class Pretrainer:
         pseudo, train = data["pseudo"], data["train"]
         source = self.visual_source()
         student = self.fresh_model(vocab, config, a.seed + 21)
+        if a.use_image and a.student_init == "teacher":
+            self._init_from_teacher(student)
 
         resume_from = None
         if a.resume:
@@ -1568,6 +1617,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, help=f"learning rate ({both('lr')})")
     g.add_argument("--backbone-lr", type=float, default=d.backbone_lr,
                    help="learning rate of the fine-tuned ResNet (%(default)s)")
+    g.add_argument("--teacher", metavar="DIR", default=None,
+                   help="reuse a teacher another run trained on the same data and vocabulary (OTHER_RUN/teacher), "
+                        "e.g. the image model's for the -RGN ablation")
+    g.add_argument("--student-init", choices=("teacher", "fresh"), default=d.student_init,
+                   help="the student's token encoder and RGN start from the teacher's weights, or random "
+                        "(%(default)s)")
     g.add_argument("--rgn-lr-factor", type=float, default=d.rgn_lr_factor,
                    help="learning rate of the labelled RGN-only pass, as a factor of --lr (%(default)s)")
     g.add_argument("--clip", type=float, default=d.clip, help="gradient norm clipping, 0 = off (%(default)s)")
