@@ -1570,7 +1570,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "pickled gensim .kv/.model files are refused: convert them with "
                         "python -m flair_riva.convert_vectors")
     g.add_argument("--output", metavar="DIR", default=d.output, help="run folder (default: %(default)s)")
-    g.add_argument("--demo-dir", metavar="DIR", help="demo world folder (default: FLAIR_CACHE_ROOT/riva/demo-world-v1)")
+    g.add_argument("--demo-dir", metavar="DIR", help="demo world folder (default: FLAIR_CACHE_ROOT/riva/demo-world-v2)")
     g.add_argument("--demo-scale", default=d.demo_scale, help="demo world size: default, tiny or a factor")
     g = p.add_argument_group("model (Table 2)")
     g.add_argument("--word-dim", type=int, help=f"word vector size ({both('word_dim')})")
