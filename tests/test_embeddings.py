@@ -594,7 +594,9 @@ def test_tagger_with_offline_stack_trains_saves_and_reloads_in_a_fresh_process(
     before = tagger_outputs(tagger, test_items)
     assert before["relevance"][0] == 0.0 and before["relevance"][2] > 0.0
 
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", FLAIR_DEVICE="cpu")
+    # the same intra-op thread count as this process (conftest: 1), so reductions run in the same order and
+    # "bit-identical" is a fair demand
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", FLAIR_DEVICE="cpu", OMP_NUM_THREADS="1")
     done = subprocess.run(
         [sys.executable, "-c", FRESH_PROCESS, str(tmp_path / "tagger.pt"), str(tmp_path / "items.json"),
          str(tmp_path / "after.pt")],
