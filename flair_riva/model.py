@@ -51,10 +51,11 @@ def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index.view(b, t, *([1] * (x.dim() - 2))).expand_as(x))
 
 
-def run_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor):
-    """Run an LSTM over a padded batch with packing, so outputs never depend on the padding."""
+def run_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor, states: tuple | None = None):
+    """Run an LSTM over a padded batch with packing, so outputs never depend on the padding; ``states``
+    are optional initial (h_0, c_0)."""
     packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-    out, (h_n, c_n) = lstm(packed)
+    out, (h_n, c_n) = lstm(packed, states) if states is not None else lstm(packed)
     out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
     return out, h_n
 
@@ -96,15 +97,17 @@ class FeatureStandardizer(nn.Module):
         return out
 
 
+class VectorNorm(nn.LayerNorm):
+    """The per-vector LayerNorm of flair-riva 0.1.0 (``visual_norm="layer"``), called like
+    :class:`FeatureStandardizer`; it needs no image mask (same parameter names as ``nn.LayerNorm``)."""
+
+    def forward(self, x: torch.Tensor, has_image: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(x)
+
+
 def visual_normalizer(kind: str, dim: int) -> nn.Module:
-    """``"standardize"`` (:class:`FeatureStandardizer`) or ``"layer"`` (a per-vector LayerNorm, 0.1.0)."""
-    return FeatureStandardizer(dim) if kind == "standardize" else nn.LayerNorm(dim)
-
-
-def normalize_visual(norm: nn.Module, x: torch.Tensor, has_image: torch.Tensor | None) -> torch.Tensor:
-    if isinstance(norm, FeatureStandardizer):
-        return norm(x, has_image)
-    return norm(x)
+    """``"standardize"`` (:class:`FeatureStandardizer`) or ``"layer"`` (:class:`VectorNorm`, 0.1.0)."""
+    return FeatureStandardizer(dim) if kind == "standardize" else VectorNorm(dim)
 
 
 class RGN(nn.Module):
@@ -137,7 +140,7 @@ class RGN(nn.Module):
 
     def classify(self, f_t: torch.Tensor, f_v: torch.Tensor, has_image: torch.Tensor | None = None) -> torch.Tensor:
         """Relation logits (B, 2) from f_t ⊙ f_v through FC + GELU and the softmax layer's FC (Eq. 1-2)."""
-        f_v = normalize_visual(self.visual_norm, f_v, has_image)
+        f_v = self.visual_norm(f_v, has_image)
         fused = self.dropout(f_t * self.visual_proj(f_v))
         return self.classifier(self.dropout(F.gelu(self.fc(fused))))
 
@@ -163,7 +166,7 @@ class VCN(nn.Module):
         """(B, d_t), (B, R, d_v) -> v_c (B, d_v) and the head-averaged attention of Eq. (8), (B, R)."""
         b, r, _ = regions.shape
         q = self.query(f_t).view(b, self.num_heads, 1, self.head_dim)
-        kv = self.key_value(normalize_visual(self.region_norm, regions, has_image))
+        kv = self.key_value(self.region_norm(regions, has_image))
         kv = kv.view(b, r, self.num_heads, self.head_dim).transpose(1, 2)
         scores = q @ kv.transpose(-1, -2) / math.sqrt(self.head_dim)      # Eq. (3): QK^T / sqrt(d_k)
         weights = scores.softmax(dim=-1)                                   # (B, h, 1, R)
@@ -231,8 +234,7 @@ class VLCN(nn.Module):
         if self.visual is None or (v_c is None and self.visual == "paper"):
             return bos, eos, None, None
         if v_c is None:
-            v_c = like.new_zeros(batch_size, self.visual_start.in_features if self.visual != "paper"
-                                 else self.visual_proj[0].in_features)
+            v_c = like.new_zeros(batch_size, self.visual_start.in_features)
             s_g = like.new_zeros(batch_size)
         gate = s_g.to(v_c.dtype)[:, None]
         if self.visual == "paper":
@@ -253,9 +255,7 @@ class VLCN(nn.Module):
         x = torch.cat([first[:, None], tokens], dim=1)
         if step is not None:
             x = torch.cat([x, step[:, None].expand(-1, x.shape[1], -1)], dim=-1)
-        packed = pack_padded_sequence(x, (lengths + 1).cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = lstm(packed, states) if states is not None else lstm(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        out, _ = run_lstm(lstm, x, lengths + 1, states)
         return out
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, v_c: torch.Tensor | None = None,

@@ -279,10 +279,12 @@ def train_one(config: str, seed: int, args: ExperimentArgs, relevance: list[floa
         if [len(g) for g in gold] != [len(p) for p in pred]:
             raise RuntimeError(f"{split}: gold tags of the file do not align with the corpus sentences")
         row[f"{split}_f1_strict"] = strict_f1(gold, pred)
-        if split == "test" and relevance is not None:  # Table 6: split by the RGN's relation call (or the truth)
-            adds = [r >= 0.5 for r in relevance]
+        if split == "test" and (relevance is not None or args.relation_truth is not None):
+            # Table 6: split by the ground truth of the relation when known, else by the RGN's call
             if args.relation_truth is not None:
                 adds = [args.relation_truth.get(s.get_metadata("image_id")) == 1 for s in sentences]
+            else:
+                adds = [r >= 0.5 for r in relevance]
             for subset, keep in (("adds", adds), ("not_adds", [not a for a in adds])):
                 chosen = [s for s, k in zip(sentences, keep) if k]
                 row[f"test_{subset}_n"] = len(chosen)
@@ -360,9 +362,8 @@ def run_experiments(args: ExperimentArgs, relevance: list[float] | None = None) 
         log.info("%s %s: %d of %d tweets have an image file; the others are embedded text-only", args.name, split,
                  have, total)
     wanted = any(c in args.configs for c in TABLE6 + TABLE4)
-    if relevance is None and (args.riva is not None or args.relation_truth is not None) and wanted:
-        relevance = (relevance_of(list(args.corpus.test), args.riva, args.feature_cache) if args.riva is not None
-                     else [0.0] * len(args.corpus.test))
+    if relevance is None and args.riva is not None and args.relation_truth is None and wanted:
+        relevance = relevance_of(list(args.corpus.test), args.riva, args.feature_cache)
     rows, skipped = [], {}
     for config in args.configs:
         for seed in range(1, args.seeds + 1):
