@@ -30,12 +30,17 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from flair_riva.config import FORMAT_VERSION, RivaConfig
 from flair_riva.io import atomic_directory, atomic_write_text
-from flair_riva.text import TextBatch, TokenEncoder, Vocabulary, encode_batch, init_word_embedding
+from flair_riva.text import TextBatch, TokenEncoder, Vocabulary, build_vocabulary, encode_batch, init_word_embedding
 from flair_riva.vision import RegionExtractor, VisualFeatures
 
 log = logging.getLogger("flair")
 
 CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE = "config.json", "vocab.json", "model.safetensors"
+VECTORS_FILE = "word_vectors.safetensors"
+"""Frozen word vectors (``config.freeze_word_vectors``) are kept out of ``model.safetensors``: this file holds
+them, and a model folder saved beside another one with the same vectors (the checkpoints, ``best/`` and
+``final/`` of a pretraining run) hard-links the same file instead of writing a copy."""
+WORD_VECTORS_KEY = "token_encoder.word_embedding.weight"
 
 
 class CheckpointError(ValueError):
@@ -313,7 +318,7 @@ class RivaModel(nn.Module):
         self.rgn = RGN(d_in, c.rgn_hidden_size, c.rgn_layers, c.visual_dim, c.dropout, c.visual_norm)
         self.vcn = VCN(c.text_dim, c.visual_dim, c.num_heads, c.visual_norm)
         self.vlcn = VLCN(d_in, c.visual_dim if c.use_image or c.vlcn_visual == "paper" else None,
-                         c.vlcn_hidden_size, c.vlcn_layers, len(vocab), c.adaptive_softmax_cutoffs,
+                         c.vlcn_hidden_size, c.vlcn_layers, vocab.output_size, c.adaptive_softmax_cutoffs,
                          c.adaptive_softmax_div_value, c.dropout, c.vlcn_visual, c.visual_step_dim)
         self.backbone = RegionExtractor(c.backbone, weights=backbone_weights) if c.use_image else None
         self.input_dropout = nn.Dropout(c.dropout)
@@ -321,20 +326,16 @@ class RivaModel(nn.Module):
     # -- construction helpers ---------------------------------------------------------------------
     @classmethod
     def from_texts(cls, config: RivaConfig, token_lists: Sequence[Sequence[str]], word_vectors=None,
-                   backbone_weights: str | Path | None = None) -> RivaModel:
-        """Build the vocabulary from tokenised pretraining texts (size cap and minimum count of the
-        config; words the word vectors know are kept whatever their count) and a fresh model."""
-        extra: set[str] = set()
+                   backbone_weights: str | Path | None = None, fine_tune_word_vectors: bool = False) -> RivaModel:
+        """Build the vocabulary from tokenised pretraining texts (:func:`~flair_riva.text.build_vocabulary`:
+        the frequent words, by the config's size cap and minimum count, plus every word the word vectors
+        know) and a fresh model. With word vectors, they are frozen unless ``fine_tune_word_vectors``."""
         if word_vectors is not None:
-            from flair_riva.text import normalize_word
-
-            known = set(word_vectors.key_to_index)
-            extra = {normalize_word(t) for tokens in token_lists for t in tokens}
-            extra = {w for w in extra if w in known}
             if word_vectors.vector_size != config.word_dim:
                 log.info("word_dim set to %d to match the word vectors", word_vectors.vector_size)
                 config = config.replace(word_dim=word_vectors.vector_size)
-        vocab = Vocabulary.build(token_lists, config.max_vocab_size, config.min_word_count, extra_words=extra)
+            config = config.replace(freeze_word_vectors=not fine_tune_word_vectors)
+        vocab = build_vocabulary(token_lists, config.max_vocab_size, config.min_word_count, word_vectors)
         model = cls(config, vocab, backbone_weights=backbone_weights)
         if word_vectors is not None:
             model.init_word_vectors(word_vectors)
@@ -453,8 +454,9 @@ class RivaModel(nn.Module):
     def lm_loss_sum(self, out: RivaOutput, text: TextBatch) -> tuple[torch.Tensor, int]:
         """Task 2, Eq. (7): summed NLL of next-word prediction in both directions, and the token count."""
         mask = text.mask
-        fwd = self.vlcn.nll(out.fwd_pred, text.word_ids, mask)
-        bwd = self.vlcn.nll(out.bwd_pred, reverse_padded(text.word_ids, text.lengths), mask)
+        targets = self.vocab.output_ids(text.word_ids)  # input-only words are <unk> for the softmax
+        fwd = self.vlcn.nll(out.fwd_pred, targets, mask)
+        bwd = self.vlcn.nll(out.bwd_pred, reverse_padded(targets, text.lengths), mask)
         return fwd + bwd, 2 * int(mask.sum())
 
     def lm_loss(self, out: RivaOutput, text: TextBatch) -> torch.Tensor:
@@ -472,7 +474,9 @@ class RivaModel(nn.Module):
 
     # -- persistence ---------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
-        """Write ``config.json``, ``vocab.json`` and ``model.safetensors`` atomically into ``directory``."""
+        """Write ``config.json``, ``vocab.json`` and ``model.safetensors`` atomically into ``directory``;
+        frozen word vectors go to ``word_vectors.safetensors``, hard-linked from a sibling model folder
+        that holds the same vectors (see :data:`VECTORS_FILE`)."""
         from safetensors.torch import save_file
 
         from flair_riva import __version__
@@ -482,11 +486,16 @@ class RivaModel(nn.Module):
             "flair_riva_version": __version__,
             "config": self.config.to_dict(),
             "vocab_size": len(self.vocab),
+            "output_vocab_size": self.vocab.output_size,
             "num_chars": self.vocab.num_chars,
         }
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        vectors = state.pop(WORD_VECTORS_KEY) if self.config.freeze_word_vectors else None
+        directory = Path(directory)
         with atomic_directory(directory) as tmp:
             save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format_version": str(FORMAT_VERSION)})
+            if vectors is not None:
+                _save_shared_vectors(vectors, tmp / VECTORS_FILE, directory.parent)
             atomic_write_text(tmp / VOCAB_FILE, self.vocab.to_json())
             atomic_write_text(tmp / CONFIG_FILE, json.dumps(meta, indent=2, sort_keys=True))
 
@@ -524,7 +533,9 @@ class RivaModel(nn.Module):
         except (ValueError, TypeError) as exc:
             raise CheckpointError(f"{directory / CONFIG_FILE}: bad config: {exc}") from exc
         sizes = {}
-        for key, limit in (("vocab_size", MAX_VOCAB_WORDS), ("num_chars", MAX_VOCAB_CHARS)):
+        meta.setdefault("output_vocab_size", meta.get("vocab_size"))  # 0.1.0: one vocabulary
+        for key, limit in (("vocab_size", MAX_VOCAB_WORDS), ("output_vocab_size", MAX_VOCAB_WORDS),
+                           ("num_chars", MAX_VOCAB_CHARS)):
             value = meta.get(key)
             if type(value) is not int or not 2 <= value <= limit:
                 raise CheckpointError(f"{directory / CONFIG_FILE}: field {key}: {value!r} is not an integer in "
@@ -533,18 +544,22 @@ class RivaModel(nn.Module):
         # the shapes this config and these sizes give, on the meta device (no memory, no time)
         try:
             with torch.device("meta"):
-                skeleton = cls(config, _SizedVocabulary(sizes["vocab_size"], sizes["num_chars"]))
+                skeleton = cls(config, _SizedVocabulary(sizes["vocab_size"], sizes["num_chars"],
+                                                        sizes["output_vocab_size"]))
             expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
         except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as exc:
             raise CheckpointError(f"{directory / CONFIG_FILE}: the config does not give a valid model: "
                                   f"{type(exc).__name__}: {exc}") from exc
         del skeleton
         weights_path = directory / WEIGHTS_FILE
-        try:
-            with safe_open(str(weights_path), framework="pt") as handle:
-                found = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}  # noqa: SIM118
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{weights_path} cannot be read: {exc}") from exc
+        files = [weights_path] + ([directory / VECTORS_FILE] if (directory / VECTORS_FILE).is_file() else [])
+        found: dict[str, tuple] = {}
+        for path in files:
+            try:
+                with safe_open(str(path), framework="pt") as handle:
+                    found.update({k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()})  # noqa: SIM118
+            except (SafetensorError, OSError, ValueError) as exc:
+                raise CheckpointError(f"{path} cannot be read: {exc}") from exc
         if found != expected:
             missing = sorted(set(expected) - set(found))
             extra = sorted(set(found) - set(expected))
@@ -560,13 +575,16 @@ class RivaModel(nn.Module):
             vocab = Vocabulary.from_data(vocab_data)
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{directory / VOCAB_FILE}: bad vocabulary: {exc}") from exc
-        if len(vocab) != sizes["vocab_size"] or vocab.num_chars != sizes["num_chars"]:
+        if len(vocab) != sizes["vocab_size"] or vocab.num_chars != sizes["num_chars"] or \
+                vocab.output_size != sizes["output_vocab_size"]:
             raise CheckpointError(f"{directory}: vocab.json does not match the sizes recorded in config.json")
         device = torch.device(map_location) if map_location is not None else torch.device("cpu")
-        try:
-            state = load_file(str(weights_path), device=str(device))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{weights_path} cannot be read: {exc}") from exc
+        state = {}
+        for path in files:
+            try:
+                state.update(load_file(str(path), device=str(device)))
+            except (SafetensorError, OSError, ValueError) as exc:
+                raise CheckpointError(f"{path} cannot be read: {exc}") from exc
         model = cls(config, vocab, backbone_weights=None)
         try:
             model.load_state_dict(state, strict=True)
@@ -588,11 +606,35 @@ MAX_VOCAB_CHARS = 1_000_000
 class _SizedVocabulary:
     """Stands in for a :class:`Vocabulary` of known sizes when building a model on the meta device."""
 
-    def __init__(self, words: int, chars: int) -> None:
+    def __init__(self, words: int, chars: int, output_size: int | None = None) -> None:
         self.words_count, self.num_chars = words, chars
+        self.output_size = words if output_size is None else output_size
 
     def __len__(self) -> int:
         return self.words_count
+
+
+def _save_shared_vectors(vectors: torch.Tensor, path: Path, siblings_root: Path) -> None:
+    """Write the frozen word vectors to ``path``, or hard-link an identical file of a sibling model folder
+    (same SHA-256 of the tensor, recorded in the file's metadata) so that checkpoints share one copy."""
+    import hashlib
+    import os
+
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import save_file
+
+    digest = hashlib.sha256(vectors.numpy().tobytes()).hexdigest()
+    for candidate in sorted(siblings_root.glob(f"*/{VECTORS_FILE}")):
+        try:
+            with safe_open(str(candidate), framework="pt") as handle:
+                same = (handle.metadata() or {}).get("sha256") == digest
+            if same:
+                os.link(candidate, path)
+                return
+        except (SafetensorError, OSError, ValueError):
+            continue  # a folder being replaced, or a file system without hard links: write a copy
+    save_file({WORD_VECTORS_KEY: vectors}, str(path),
+              metadata={"format_version": str(FORMAT_VERSION), "sha256": digest})
 
 
 def _read_bounded_json(path: Path, limit: int):

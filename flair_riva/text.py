@@ -76,18 +76,45 @@ def clean_token(token: str) -> str:
 
 @dataclass
 class Vocabulary:
-    """Words (normalised) and characters of the pretraining text, saved as ``vocab.json``."""
+    """Words (normalised) and characters, saved as ``vocab.json``.
+
+    ``words`` is the *input* vocabulary of the token encoder. Its first ``output_size`` words (the
+    specials and the frequent pretraining words) are also the LM's *output* vocabulary (the softmax);
+    the words after them are known to the word vectors only (:func:`build_vocabulary`): the token
+    encoder reads them, the LM predicts them as ``<unk>``. ``output_size=None`` means every word (one
+    vocabulary for input and output, as in flair-riva 0.1.0)."""
 
     words: list[str]
     chars: list[str]
+    output_size: int | None = None
 
     def __post_init__(self) -> None:
         if tuple(self.words[: len(SPECIAL_WORDS)]) != SPECIAL_WORDS:
             raise ValueError(f"a vocabulary must start with the special words {SPECIAL_WORDS}")
         if self.chars[:2] != [PAD, UNK]:
             raise ValueError("a character vocabulary must start with <pad>, <unk>")
+        if self.output_size is None:
+            self.output_size = len(self.words)
+        if type(self.output_size) is not int or not len(SPECIAL_WORDS) <= self.output_size <= len(self.words):
+            raise ValueError(f"output_size must be an integer in [{len(SPECIAL_WORDS)}, {len(self.words)}], "
+                             f"got {self.output_size!r}")
         self.word_index = {w: i for i, w in enumerate(self.words)}
         self.char_index = {c: i for i, c in enumerate(self.chars)}
+
+    def output_ids(self, word_ids: torch.Tensor) -> torch.Tensor:
+        """LM targets: input ids of words outside the output vocabulary become ``<unk>``."""
+        if self.output_size == len(self.words):
+            return word_ids
+        return torch.where(word_ids < self.output_size, word_ids, torch.full_like(word_ids, UNK_ID))
+
+    def unk_rate(self, token_lists: Iterable[Sequence[str]]) -> tuple[int, int]:
+        """``(tokens that are <unk> for the token encoder, tokens)`` over tokenised texts."""
+        unk = total = 0
+        for tokens in token_lists:
+            for tok in tokens:
+                total += 1
+                unk += normalize_word(tok) not in self.word_index
+        return unk, total
 
     @classmethod
     def build(
@@ -131,7 +158,10 @@ class Vocabulary:
         return [self.char_index.get(c, UNK_ID) for c in chars]
 
     def to_json(self) -> str:
-        return json.dumps({"words": self.words, "chars": self.chars}, ensure_ascii=False)
+        data: dict = {"words": self.words, "chars": self.chars}
+        if self.output_size != len(self.words):
+            data["output_size"] = self.output_size  # absent: one vocabulary (0.1.0 layout)
+        return json.dumps(data, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str) -> Vocabulary:
@@ -154,7 +184,12 @@ class Vocabulary:
                 seen: set[str] = set()
                 dup = next(e for e in entries if e in seen or seen.add(e))
                 raise ValueError(f"vocab.json: '{key}' holds {dup!r} twice")
-        return cls(list(data["words"]), list(data["chars"]))
+        output_size = data.get("output_size")
+        if output_size is not None and (type(output_size) is not int
+                                        or not len(SPECIAL_WORDS) <= output_size <= len(data["words"])):
+            raise ValueError(f"vocab.json: 'output_size' must be an integer in [{len(SPECIAL_WORDS)}, "
+                             f"{len(data['words'])}], got {output_size!r}")
+        return cls(list(data["words"]), list(data["chars"]), output_size)
 
 
 @dataclass
@@ -356,30 +391,75 @@ def convert_word_vectors(source: str | Path, target: str | Path, trust_pickle: b
     return save_word_vectors(load_word_vectors(source, trust_pickle=trust_pickle), target)
 
 
+def build_vocabulary(texts: Iterable[Sequence[str]], max_size: int = 50000, min_count: int = 2,
+                     vectors=None, stats: dict | None = None) -> Vocabulary:
+    """The vocabulary policy of a RIVA model (issue 10): the LM's output vocabulary is the frequent words
+    of the pretraining text (``min_count``, ``max_size``, :meth:`Vocabulary.build`); the token encoder's
+    input vocabulary adds every word the word ``vectors`` know (normalised; in the vector file's order),
+    so that a test tweet's word that the vectors know is never ``<unk>``, whatever the pretraining text.
+
+    One pass over ``texts`` (a stream is fine). Logs, and writes into ``stats`` when given, the tokens of
+    the text (``tokens``) and those that are ``<unk>`` for the token encoder (``unk_input``) and for the
+    LM's softmax (``unk_output``)."""
+    counts: Counter[str] = Counter()
+
+    def counted():
+        for tokens in texts:
+            counts.update(normalize_word(t) for t in tokens)
+            yield tokens
+
+    vocab = Vocabulary.build(counted(), max_size, min_count)
+    if vectors is not None:
+        known = set(vocab.words)
+        extra: list[str] = []
+        for key in vectors.index_to_key:
+            word = normalize_word(str(key))
+            if word and word not in known:
+                known.add(word)
+                extra.append(word)
+        vocab = Vocabulary(vocab.words + extra, vocab.chars, output_size=len(vocab.words))
+    total = sum(counts.values())
+    unk_input = sum(c for w, c in counts.items() if w not in vocab.word_index)
+    unk_output = sum(c for w, c in counts.items() if vocab.word_index.get(w, vocab.output_size) >= vocab.output_size)
+    log.info("vocabulary: %d input words (token encoder), %d output words (LM softmax); <unk> in the "
+             "pretraining text: %.2f %% of %d tokens for the token encoder, %.2f %% for the LM", len(vocab),
+             vocab.output_size, 100 * unk_input / max(total, 1), total, 100 * unk_output / max(total, 1))
+    if stats is not None:
+        stats.update(tokens=total, unk_input=unk_input, unk_output=unk_output)
+    return vocab
+
+
 def init_word_embedding(embedding: nn.Embedding, vocab: Vocabulary, vectors) -> tuple[int, int]:
     """Copy pretrained vectors into ``embedding`` for every vocabulary word they cover.
 
-    A word is looked up as its normalised form, then as written in the vector file's case. Words the
-    vectors do not cover (OOV) keep a random N(0, 0.1^2) vector (learned if the embedding trains);
-    ``<pad>`` is zero. Returns (covered, total) word counts.
+    A word is looked up as written, then as the first key of the vector file whose normalised form it
+    is (``Paris`` for ``paris`` in cased vectors, ``2015`` for ``0000``). Words the vectors do not cover
+    (OOV) keep a random N(0, 0.1^2) vector (learned if the embedding trains); ``<pad>`` is zero.
+    Returns (covered, total) word counts.
     """
     if vectors.vector_size != embedding.embedding_dim:
         raise ValueError(
             f"word vectors have {vectors.vector_size} dims but the model's word_dim is "
             f"{embedding.embedding_dim}: set word_dim={vectors.vector_size}"
         )
-    covered = 0
+    by_form: dict[str, int] = {}
+    for index, key in enumerate(vectors.index_to_key):
+        by_form.setdefault(normalize_word(str(key)), index)
+    rows, sources = [], []
+    for i, word in enumerate(vocab.words):
+        if i < len(SPECIAL_WORDS):
+            continue
+        source = vectors.key_to_index.get(word, by_form.get(word))
+        if source is not None:
+            rows.append(i)
+            sources.append(source)
     with torch.no_grad():
         embedding.weight.normal_(0.0, 0.1)
         embedding.weight[PAD_ID].zero_()
-        for i, word in enumerate(vocab.words):
-            if i < len(SPECIAL_WORDS):
-                continue
-            for key in (word, word.capitalize(), word.upper()):
-                if key in vectors.key_to_index:
-                    embedding.weight[i] = torch.tensor(vectors[key], dtype=embedding.weight.dtype)
-                    covered += 1
-                    break
+        if rows:
+            table = torch.as_tensor(vectors.vectors[sources], dtype=embedding.weight.dtype)
+            embedding.weight[torch.tensor(rows, dtype=torch.long)] = table.to(embedding.weight.device)
+    covered = len(rows)
     log.info("word vectors cover %d of %d vocabulary words (OOV words get random vectors)",
              covered, len(vocab) - len(SPECIAL_WORDS))
     return covered, len(vocab) - len(SPECIAL_WORDS)

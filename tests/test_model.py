@@ -11,6 +11,7 @@ import torch
 
 from flair_riva.config import FORMAT_VERSION, RivaConfig
 from flair_riva.model import CheckpointError, RivaModel, reverse_padded
+from flair_riva.text import UNK_ID
 from tests.conftest import random_tokens, random_visual
 
 
@@ -400,3 +401,78 @@ def test_a_trained_tiny_model_uses_the_image_without_saturating(tiny_config, see
     params = fit_logistic_regression(vectors[:48], y[:48], 3)
     accuracy = float((predict(params, vectors[48:]) == y[48:]).float().mean())
     assert accuracy >= 0.8, f"probe accuracy {accuracy:.2f}: the state at the name does not carry the image"
+
+
+# -- vocabulary policy of issue 10: input = frequent words + every word the vectors know ------------------
+
+def _vectors(words, dim=16, seed=0):
+    from gensim.models import KeyedVectors
+
+    kv = KeyedVectors(dim)
+    kv.add_vectors(list(words), torch.randn(len(words), dim, generator=torch.Generator().manual_seed(seed)).numpy())
+    return kv
+
+
+def test_a_word_the_vectors_know_is_never_unk(tiny_config, tiny_token_lists):
+    kv = _vectors(["jordan", "paris", "cleveland", "Kardashian", "2015"])  # the last three are not in the texts
+    model = RivaModel.from_texts(tiny_config.replace(min_word_count=2, use_image=False), tiny_token_lists,
+                                 word_vectors=kv)
+    vocab = model.vocab
+    test_tweet = ["Kim", "Kardashian", "in", "Cleveland", "2016", "zzqx"]
+    ids = model.encode([test_tweet]).word_ids[0].tolist()
+    assert ids[1] != UNK_ID and ids[3] != UNK_ID and ids[4] != UNK_ID  # "kardashian", "cleveland", "0000"
+    assert ids[5] == UNK_ID
+    assert vocab.output_size < len(vocab), "the vector-only words are input words, not softmax classes"
+    assert model.vlcn.output.n_classes == vocab.output_size
+    # their vectors are the file's (looked up by normalised form: "Kardashian" -> "kardashian")
+    row = model.token_encoder.word_embedding.weight[vocab.word_index["kardashian"]]
+    assert torch.allclose(row, torch.tensor(kv["Kardashian"]))
+    # the LM predicts them as <unk>
+    targets = vocab.output_ids(torch.tensor(ids))
+    assert targets[1] == UNK_ID and int(targets.max()) < vocab.output_size
+    out = model(model.encode([test_tweet]), None)
+    assert torch.isfinite(model.lm_loss(out, model.encode([test_tweet])))
+
+
+def test_word_vectors_are_frozen_by_default(tiny_config, tiny_token_lists):
+    kv = _vectors(["jordan", "paris"])
+    frozen = RivaModel.from_texts(tiny_config, tiny_token_lists, word_vectors=kv)
+    assert frozen.config.freeze_word_vectors and not frozen.token_encoder.word_embedding.weight.requires_grad
+    tuned = RivaModel.from_texts(tiny_config, tiny_token_lists, word_vectors=kv, fine_tune_word_vectors=True)
+    assert tuned.token_encoder.word_embedding.weight.requires_grad
+    assert RivaModel.from_texts(tiny_config, tiny_token_lists).token_encoder.word_embedding.weight.requires_grad
+
+
+def test_frozen_vectors_are_stored_once(tmp_path, tiny_config, tiny_token_lists):
+    from safetensors import safe_open
+
+    from flair_riva.model import VECTORS_FILE, WEIGHTS_FILE, WORD_VECTORS_KEY
+
+    model = RivaModel.from_texts(tiny_config, tiny_token_lists, word_vectors=_vectors(["jordan", "paris", "x"]))
+    model.save(tmp_path / "run" / "epoch-1")
+    model.vlcn.bos.data += 1.0  # another checkpoint of the same run: other weights, the same frozen vectors
+    model.save(tmp_path / "run" / "best")
+    a, b = (tmp_path / "run" / d / VECTORS_FILE for d in ("epoch-1", "best"))
+    assert a.stat().st_ino == b.stat().st_ino and a.stat().st_nlink == 2, "a hard link, not a copy"
+    with safe_open(str(tmp_path / "run" / "best" / WEIGHTS_FILE), framework="pt") as handle:
+        assert WORD_VECTORS_KEY not in handle.keys()  # noqa: SIM118
+    loaded = RivaModel.load(tmp_path / "run" / "best")
+    assert torch.equal(loaded.token_encoder.word_embedding.weight, model.token_encoder.word_embedding.weight)
+    assert torch.equal(loaded.vlcn.bos, model.vlcn.bos) and loaded.vocab.output_size == model.vocab.output_size
+    assert not loaded.token_encoder.word_embedding.weight.requires_grad
+
+
+def test_a_0_1_0_model_folder_loads(tmp_path, tiny_config, tiny_token_lists):
+    """0.1.0 layout: one vocabulary for input and output (no output_size / output_vocab_size), the word
+    vectors inside model.safetensors."""
+    model = RivaModel.from_texts(tiny_config.replace(use_image=False), tiny_token_lists)
+    model.save(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "config.json").read_text())
+    del meta["output_vocab_size"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(meta))
+    assert "output_size" not in json.loads((tmp_path / "old" / "vocab.json").read_text())
+    loaded = RivaModel.load(tmp_path / "old")
+    assert loaded.vocab.output_size == len(loaded.vocab) == len(model.vocab)
+    text = model.encode([tiny_token_lists[0]])
+    model.eval()
+    assert torch.allclose(loaded(text).token_states, model(text).token_states)

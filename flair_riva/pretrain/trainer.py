@@ -75,7 +75,7 @@ from flair_riva.pretrain.state import (
     seed_everything,
     write_metrics,
 )
-from flair_riva.text import Vocabulary
+from flair_riva.text import Vocabulary, build_vocabulary
 from flair_riva.vision import VisualFeatures
 
 log = logging.getLogger("flair")
@@ -176,6 +176,8 @@ class PretrainArgs:
     gate_dropout: float = 0.1
     max_vocab_size: int = 50000
     min_word_count: int = 2
+    fine_tune_word_vectors: bool = False
+    """Train the --word-vectors with the model (default: frozen, issue 10)."""
     # optimisation (Table 2 "Misc.")
     epochs: int | None = None
     teacher_epochs: int | None = None
@@ -635,6 +637,7 @@ class Pretrainer:
         return RivaConfig(
             word_dim=word_dim, char_dim=a.char_dim, char_hidden_size=a.char_hidden_size,
             max_vocab_size=a.max_vocab_size, min_word_count=a.min_word_count,
+            freeze_word_vectors=a.word_vectors is not None and not a.fine_tune_word_vectors,
             rgn_hidden_size=a.rgn_hidden_size, rgn_layers=a.rgn_layers, backbone=a.backbone,
             num_heads=a.num_heads, vlcn_hidden_size=a.vlcn_hidden_size, vlcn_layers=a.vlcn_layers,
             dropout=a.dropout, learning_rate=a.lr, backbone_learning_rate=a.backbone_lr, optimizer=a.optimizer,
@@ -896,10 +899,10 @@ class Pretrainer:
                 yield pair.tokens
 
         vectors = self.word_vectors
-        extra = list(vectors.key_to_index) if vectors is not None else ()
         a = self.args
-        try:
-            vocab = Vocabulary.build(texts(), a.max_vocab_size, a.min_word_count, extra_words=extra)
+        unk: dict[str, int] = {}
+        try:  # output vocabulary: the frequent words; input: + every word the vectors know (issue 10)
+            vocab = build_vocabulary(texts(), a.max_vocab_size, a.min_word_count, vectors, unk)
         except (ValueError, OSError, UnicodeError) as err:
             raise PretrainError(f"cannot read the unlabelled pairs {self.unlabelled_path}: {err}") from err
         finally:
@@ -920,7 +923,8 @@ class Pretrainer:
                 raise PretrainError(f"--word-dim {word_dim} does not match the {vectors.vector_size}-d word "
                                     f"vectors of {a.word_vectors}")
             word_dim = vectors.vector_size
-        info = {"words": len(vocab), "chars": vocab.num_chars, "word_dim": word_dim,
+        info = {"words": len(vocab), "output_words": vocab.output_size, "unk": unk, "chars": vocab.num_chars,
+                "word_dim": word_dim,
                 "unlabelled": counts["unlabelled"], "unlabelled_with_image": counts["unlabelled_with_image"]}
         log.info("vocabulary: %d words, %d characters (from %d labelled and %d unlabelled texts; "
                  "%d unlabelled pairs have an image file)", len(vocab), vocab.num_chars,
@@ -1604,7 +1608,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gate-dropout", type=float, default=d.gate_dropout,
                    help="training only: probability that s_G is set to 0 on its way to the VLCN, so the "
                         "no-image input is trained every epoch (%(default)s)")
-    g.add_argument("--max-vocab-size", type=int, default=d.max_vocab_size, help="vocabulary size cap (%(default)s)")
+    g.add_argument("--max-vocab-size", type=int, default=d.max_vocab_size,
+                   help="size cap of the LM's output vocabulary (%(default)s); the token encoder also reads every "
+                        "word of --word-vectors")
+    g.add_argument("--fine-tune-word-vectors", action="store_true",
+                   help="train the --word-vectors with the model (default: frozen)")
     g.add_argument("--min-word-count", type=int, default=d.min_word_count,
                    help="minimum count of a vocabulary word (%(default)s)")
     g = p.add_argument_group("optimisation (Table 2)")
