@@ -350,6 +350,10 @@ def scan_imgid_file(path: str | Path, entity_types: Iterable[str] = DEFAULT_ENTI
     return stats
 
 
+GOLD_TAGS_KEY = "gold_tags"
+"""Sentence metadata: the BIO tags of the tweet exactly as written in the IMGID file."""
+
+
 class _ImgidColumnDataset(ColumnDataset):
     """Flair's ``ColumnDataset`` that takes the ``IMGID:`` line of each tweet out of the tokens and
     stores it as the metadata ``image_id`` and ``image_path`` (in-memory and lazy mode alike)."""
@@ -369,6 +373,11 @@ class _ImgidColumnDataset(ColumnDataset):
                 image_id = first[len(IMGID_PREFIX):].strip()
                 lines = lines[1:]
         sentence = super()._convert_lines_to_sentence(lines, word_level_tag_columns, span_level_tag_columns)
+        if sentence is not None:
+            # the tags as written (orphan I- included) for strict scoring, so no one reads the file again
+            tags = [line.rstrip("\r\n").split("\t")[-1].strip() for line in lines if line.strip()]
+            if len(tags) == len(sentence):
+                sentence.add_metadata(GOLD_TAGS_KEY, tags)
         if sentence is not None and image_id is not None:
             sentence.add_metadata("image_id", image_id)
             sentence.add_metadata("image_path", str(image_path_for(self.image_dir, image_id)))

@@ -32,13 +32,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import mner  # noqa: E402
-
-from flair_riva.datasets import TwitterMNERCorpus, read_relation_truth  # noqa: E402
-from flair_riva.demo import default_demo_root, generate_demo_world  # noqa: E402
-from flair_riva.pretrain.state import read_metrics  # noqa: E402
+from flair_riva import experiments as mner
+from flair_riva.datasets import TwitterMNERCorpus, read_relation_truth
+from flair_riva.demo import default_demo_root, generate_demo_world
+from flair_riva.pretrain.state import read_metrics
 
 log = logging.getLogger("flair")
 
@@ -116,15 +113,14 @@ def _tagger_job(config: str, seed: int, settings: dict) -> dict:
 def experiment_args(settings: dict) -> mner.ExperimentArgs:
     world_root = Path(settings["world"])
     corpus = TwitterMNERCorpus(world_root / "ner", image_dir=world_root / "ner" / "images", name="demo-world")
-    gold = {split: mner.read_gold_tags(world_root / "ner" / f"{split}.txt") for split in ("dev", "test")}
     truth = read_relation_truth(world_root / "ner" / "relation_truth.tsv")
     models = Path(settings["models"])
     return mner.ExperimentArgs(
-        corpus=corpus, name="demo world", output=Path(settings["output"]), gold_tags=gold,
+        corpus=corpus, name="demo world", output=Path(settings["output"]),
         riva=models / "riva" / "final", riva_text=models / "riva-text" / "final",
         riva_nogate=models / "riva-nogate" / "final", feature_cache=world_root / "feature-cache",
         configs=list(settings["configs"]), seeds=settings["seeds"], epochs=settings["epochs"], learning_rate=0.1,
-        batch_size=settings["batch_size"], hidden_sizes={"text": 128, "riva": 128, "bert": 128},
+        batch_size=settings["batch_size"], hidden_size=128,
         relation_truth=truth,
     )
 

@@ -6,19 +6,16 @@ Example (real text of ../shared/data, GloVe 50d subset, RIVA(text) pretrained on
         --word-vectors ../shared/data/glove_6B_50d_mner_vocab_subset/glove.6B.50d.mner_subset.txt.gz \
         --riva-text runs/riva-text-tw17/best --configs text +RIVA(text) --seeds 3
 
-See ``recipes/mner.py`` for every option and configuration.
+See ``flair_riva/experiments.py`` for every option, configuration and the protocol; ``recipes/real_tweets.py``
+runs the whole real-data experiment (disjoint pretraining text, RIVA(text), taggers in parallel).
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from mner import main_for  # noqa: E402
-
-from flair_riva.datasets import TWITTER2017  # noqa: E402
+from flair_riva.datasets import TWITTER2017
+from flair_riva.experiments import main_for
 
 if __name__ == "__main__":
     sys.exit(main_for(TWITTER2017, __doc__))

@@ -1,24 +1,21 @@
-"""The MNER recipes (recipes/mner.py) and the image+text baseline, on a tiny demo world."""
+"""The MNER experiment protocol (flair_riva.experiments) and the image+text baseline, on a tiny demo world."""
 
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from flair.data import Sentence
 
+from flair_riva import experiments as mner
 from flair_riva.baselines import IMAGE_TOKEN, ImageTokenEmbeddings, with_image_token
 from flair_riva.config import RivaConfig
 from flair_riva.datasets import TwitterMNERCorpus, iter_unlabelled_pairs
 from flair_riva.demo import generate_demo_world
 from flair_riva.model import RivaModel
 from tests.conftest import TINY
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-import mner  # noqa: E402
 
 
 def test_strict_scores_do_not_count_orphans():
@@ -71,10 +68,11 @@ def test_run_experiments_on_the_demo_world(tmp_path):
     RivaModel.from_texts(RivaConfig(**TINY, use_image=False), texts).save(tmp_path / "riva-text")
     corpus = TwitterMNERCorpus(world.ner_dir)
     gold = {split: mner.read_gold_tags(world.ner_dir / f"{split}.txt") for split in ("dev", "test")}
+    assert gold == {split: mner.gold_tags_of(getattr(corpus, split)) for split in gold}, "parsed once"
     args = mner.ExperimentArgs(
-        corpus=corpus, name="tiny demo", output=tmp_path / "out", gold_tags=gold, riva=tmp_path / "riva",
+        corpus=corpus, name="tiny demo", output=tmp_path / "out", riva=tmp_path / "riva",
         riva_text=tmp_path / "riva-text", configs=["text", "image+text", "+RIVA(image+text)", "-RGN"],
-        epochs=1, learning_rate=0.1, batch_size=16, hidden_sizes={"text": 8, "riva": 8, "bert": 8},
+        epochs=1, learning_rate=0.1, batch_size=16, hidden_size=8,
     )
     rows, text = mner.run_experiments(args)
     assert [r["config"] for r in rows] == ["text", "image+text", "+RIVA(image+text)"]
@@ -114,7 +112,7 @@ def test_table5_stacks_with_local_bert_and_flair_models(tmp_path, monkeypatch):
         corpus=corpus, name="tiny demo", output=tmp_path / "out", gold_tags=gold, riva=tmp_path / "riva",
         bert=bert, flair_forward=tmp_path / "fw.pt", flair_backward=tmp_path / "bw.pt",
         configs=["+BERT", "+RIVA+BERT+Flair"], epochs=1, batch_size=16,
-        hidden_sizes={"text": 8, "riva": 8, "bert": 8},
+        hidden_size=8,
     )
     rows, text = mner.run_experiments(args)
     assert [r["config"] for r in rows] == ["+BERT", "+RIVA+BERT+Flair"]

@@ -1,7 +1,7 @@
 """The paper's multimodal NER experiments (§4.2-4.7; Tables 2, 4, 5, 6) with Flair's biLSTM-CRF.
 
 One implementation behind ``recipes/twitter2015.py`` (Fudan Univ.), ``recipes/twitter2017.py``
-(Snap Res.) and ``recipes/quickstart.py`` (the demo world).
+(Snap Res.), ``recipes/real_tweets.py`` and ``recipes/quickstart.py`` (the demo world).
 
 Configurations (``--configs``, default: every one whose models were given):
 
@@ -18,12 +18,19 @@ name                    paper      token embeddings e_k fed to the biLSTM-CRF
 ``+RIVA+BERT+Flair``    Table 5    + RIVA + BERT + Flair forward/backward LMs (local files)
 ======================  =========  ===================================================================
 
-Protocol: Table 2 settings (biLSTM hidden 256, 512 with RIVA, 1024 with BERT; 1 layer; batch 8;
-SGD; dropout 0.5; clip 5.0); model selection on dev only (Flair keeps the best dev epoch); ``--seeds N``
-runs N seeds and reports mean ± std. Every score is given as Flair reports it (span micro F1 in the
-conlleval convention: an orphan ``I-`` starts an entity) and in seqeval's strict IOB2 mode. Test
-tweets are also scored separately by the RGN's relation call ("image adds": s_G >= 0.5), Table 6.
-Results go to ``results.md`` and ``results.csv`` in the run folder.
+Protocol (the same for every configuration of a table, issue 10): one biLSTM layer of ``--hidden-size``
+(default 256 for all; Table 2 used 512 with RIVA and 1024 with BERT, which gives those configurations more
+capacity than the baseline); Flair's SequenceTagger dropouts on purpose (locked dropout 0.5 on the stacked
+embeddings and the biLSTM output, word dropout 0.05, no extra plain dropout: a recipe dropout of 0.5 on
+top of the locked 0.5 keeps each input feature with p = 0.25); SGD with clip 5.0, trained to convergence:
+the learning rate is halved after ``--patience`` epochs without a better dev F1 and training stops below
+``--min-lr`` or after ``--epochs`` (``--time-budget`` stops it at an epoch boundary); the best dev epoch is
+kept (selection on dev only); ``--seeds N`` runs N seeds and reports mean ± std. Every score is given as
+Flair reports it (span micro F1 in the conlleval convention: an orphan ``I-`` starts an entity) and in
+seqeval's strict IOB2 mode. Test tweets are also scored separately by the RGN's relation call ("image
+adds": s_G >= 0.5), Table 6. Each run writes ``runs/<config>-seed<N>/result.json`` when it ends; a run
+that has one is not trained again, so an interrupted experiment resumes where it stopped. Results go to
+``results.md`` and ``results.csv`` in the run folder.
 """
 
 from __future__ import annotations
@@ -52,7 +59,9 @@ from flair.embeddings import (
 )
 from flair.models import SequenceTagger
 from flair.trainers import ModelTrainer
+from flair.trainers.plugins.base import TrainerPlugin, TrainingInterrupt
 
+from flair_riva.datasets import GOLD_TAGS_KEY
 from flair_riva.scoring import predicted_bio, strict_f1
 
 log = logging.getLogger("flair")
@@ -70,8 +79,9 @@ class ExperimentArgs:
     corpus: Corpus
     name: str
     output: Path
-    gold_tags: dict[str, list[list[str]]]
-    """Raw BIO tags of dev/test as in the files (for seqeval strict scoring)."""
+    gold_tags: dict[str, list[list[str]]] | None = None
+    """Raw BIO tags of dev/test as in the files (for seqeval strict scoring); default: the sentences'
+    ``gold_tags`` metadata that :class:`~flair_riva.datasets.TwitterMNERCorpus` sets while parsing."""
     word_vectors: Path | None = None
     riva: Path | None = None
     riva_text: Path | None = None
@@ -82,10 +92,17 @@ class ExperimentArgs:
     feature_cache: Path | None = None
     configs: list[str] = field(default_factory=lambda: list(ALL_CONFIGS))
     seeds: int = 1
-    epochs: int = 30
-    learning_rate: float = 0.02
-    batch_size: int = 8
-    hidden_sizes: dict[str, int] = field(default_factory=lambda: {"text": 256, "riva": 512, "bert": 1024})
+    epochs: int = 50
+    """The most epochs of a run (annealing usually stops it before)."""
+    learning_rate: float = 0.1
+    batch_size: int = 16
+    hidden_size: int = 256
+    """The biLSTM hidden size of every configuration (one value per table: a fair comparison)."""
+    anneal_factor: float = 0.5
+    patience: int = 3
+    min_learning_rate: float = 0.001
+    deadline: float | None = None
+    """``time.time()`` after which no new epoch starts (the best dev epoch so far is kept)."""
     image_backbone_weights: str | None = None
     relation_truth: dict[str, int] | None = None
     """image_id -> 1/0 (image adds or not), when known (the demo world): the test split of Table 6 then
@@ -98,6 +115,15 @@ class ExperimentArgs:
 
 
 # -- corpus helpers ------------------------------------------------------------------------------------
+
+def gold_tags_of(sentences: Sequence[Sentence]) -> list[list[str]]:
+    """The BIO tags as written in the corpus file, kept on each sentence while parsing."""
+    missing = sum(1 for s in sentences if not s.has_metadata(GOLD_TAGS_KEY))
+    if missing:
+        raise ValueError(f"{missing} sentences carry no '{GOLD_TAGS_KEY}' metadata: read the corpus with "
+                         "TwitterMNERCorpus, or pass ExperimentArgs.gold_tags")
+    return [list(s.get_metadata(GOLD_TAGS_KEY)) for s in sentences]
+
 
 def read_gold_tags(path: Path) -> list[list[str]]:
     """BIO tags per tweet, exactly as written in an IMGID-format file."""
@@ -164,8 +190,8 @@ def _char_dictionary(corpus: Corpus, path: Path) -> Path:
 
 # -- embeddings per configuration ---------------------------------------------------------------------
 
-def build_embeddings(config: str, args: ExperimentArgs) -> tuple[list[TokenEmbeddings], int]:
-    """The token embeddings and the biLSTM hidden size (Table 2) of one configuration."""
+def build_embeddings(config: str, args: ExperimentArgs) -> list[TokenEmbeddings]:
+    """The token embeddings of one configuration."""
     from flair_riva.baselines import ImageTokenEmbeddings
     from flair_riva.embeddings import RivaEmbeddings
     from flair_riva.model import RivaModel
@@ -185,9 +211,8 @@ def build_embeddings(config: str, args: ExperimentArgs) -> tuple[list[TokenEmbed
             raise SkipConfig(f"needs {option}")
         return path
 
-    hidden = args.hidden_sizes
     if config == "text":
-        return base, hidden["text"]
+        return base
     if config == "image+text":
         if args.riva is None:
             emb = ImageTokenEmbeddings(backbone_weights=args.image_backbone_weights, feature_cache=fc)
@@ -195,25 +220,25 @@ def build_embeddings(config: str, args: ExperimentArgs) -> tuple[list[TokenEmbed
             backbone = RivaModel.load(args.riva).backbone
             emb = ImageTokenEmbeddings(backbone=backbone.arch, feature_cache=fc)
             emb.extractor.load_state_dict(backbone.state_dict())
-        return base + [emb], hidden["text"]
+        return base + [emb]
     if config == "+RIVA(text)":
-        return base + [RivaEmbeddings(need(args.riva_text, "--riva-text"), name="riva-text")], hidden["riva"]
+        return base + [RivaEmbeddings(need(args.riva_text, "--riva-text"), name="riva-text")]
     if config == "+RIVA(image+text)":
-        return base + [RivaEmbeddings(need(args.riva, "--riva"), feature_cache=fc, name="riva")], hidden["riva"]
+        return base + [RivaEmbeddings(need(args.riva, "--riva"), feature_cache=fc, name="riva")]
     if config == "-RGN":
         return base + [RivaEmbeddings(need(args.riva_nogate, "--riva-nogate"), feature_cache=fc,
-                                      name="riva-nogate")], hidden["riva"]
+                                      name="riva-nogate")]
     bert = TransformerWordEmbeddings(str(need(args.bert, "--bert")), layers="-1", subtoken_pooling="mean",
                                      fine_tune=False, name="bert") if "BERT" in config else None
     if config == "+BERT":
-        return base + [bert], hidden["bert"]
+        return base + [bert]
     riva = RivaEmbeddings(need(args.riva, "--riva"), feature_cache=fc, name="riva")
     if config == "+RIVA+BERT":
-        return base + [riva, bert], hidden["bert"]
+        return base + [riva, bert]
     if config == "+RIVA+BERT+Flair":
         fw = FlairEmbeddings(str(need(args.flair_forward, "--flair-forward")), name="flair-fw")
         bw = FlairEmbeddings(str(need(args.flair_backward, "--flair-backward")), name="flair-bw")
-        return base + [riva, bert, fw, bw], hidden["bert"]
+        return base + [riva, bert, fw, bw]
     raise ValueError(f"unknown configuration {config!r}; choose from {ALL_CONFIGS}")
 
 
@@ -239,13 +264,45 @@ def relevance_of(sentences: Sequence[Sentence], riva_dir: Path, feature_cache: P
 
 # -- one run ------------------------------------------------------------------------------------------
 
-def train_one(config: str, seed: int, args: ExperimentArgs, relevance: list[float] | None) -> dict:
-    """Train and evaluate one configuration with one seed; returns one results.csv row."""
-    from flair_riva.baselines import with_image_token
+class StopAtDeadline(TrainerPlugin):
+    """Stops Flair's training at an epoch boundary when the next epoch would end after ``deadline``
+    (estimated from the longest epoch so far); the best dev epoch so far is what the run keeps."""
 
+    def __init__(self, deadline: float) -> None:
+        super().__init__()
+        self.deadline = deadline
+        self.started: float | None = None
+        self.longest = 0.0
+
+    @TrainerPlugin.hook
+    def before_training_epoch(self, epoch, **kw):
+        now = time.time()
+        if self.started is not None:
+            self.longest = max(self.longest, now - self.started)
+            if now + self.longest > self.deadline:
+                raise TrainingInterrupt(f"time budget: stopping before epoch {epoch} (best dev epoch kept)")
+        self.started = now
+
+
+def run_name(config: str, seed: int) -> str:
+    return f"{config.replace('+', 'plus-').replace('(', '').replace(')', '')}-seed{seed}"
+
+
+RESULT_FILE = "result.json"
+
+
+def train_one(config: str, seed: int, args: ExperimentArgs, relevance: list[float] | None) -> dict:
+    """Train and evaluate one configuration with one seed; returns one results.csv row, also written to
+    ``runs/<name>/result.json``. A run whose result file exists is not trained again."""
+    from flair_riva.baselines import with_image_token
+    from flair_riva.io import atomic_write_text
+
+    run_dir = args.output / "runs" / run_name(config, seed)
+    if (run_dir / RESULT_FILE).is_file():
+        log.info("%s seed %d: finished before, reusing %s", config, seed, run_dir / RESULT_FILE)
+        return json.loads((run_dir / RESULT_FILE).read_text(encoding="utf-8"))
     flair.set_seed(seed)
-    run_dir = args.output / "runs" / f"{config.replace('+', 'plus-').replace('(', '').replace(')', '')}-seed{seed}"
-    embeddings, hidden = build_embeddings(config, args)
+    embeddings = build_embeddings(config, args)
     corpus = args.corpus
     offset = 0
     if config == "image+text":
@@ -253,20 +310,23 @@ def train_one(config: str, seed: int, args: ExperimentArgs, relevance: list[floa
         corpus = Corpus([with_image_token(s) for s in corpus.train], [with_image_token(s) for s in corpus.dev],
                         [with_image_token(s) for s in corpus.test], name=corpus.name, sample_missing_splits=False)
     tag_dictionary = corpus.make_label_dictionary("ner", add_unk=False)
-    tagger = SequenceTagger(hidden_size=hidden, embeddings=StackedEmbeddings(embeddings), tag_dictionary=tag_dictionary,
-                            tag_type="ner", use_crf=True, use_rnn=True, rnn_layers=1, dropout=args.dropout,
-                            word_dropout=args.word_dropout, locked_dropout=args.locked_dropout)
+    tagger = SequenceTagger(hidden_size=args.hidden_size, embeddings=StackedEmbeddings(embeddings),
+                            tag_dictionary=tag_dictionary, tag_type="ner", use_crf=True, use_rnn=True, rnn_layers=1,
+                            dropout=args.dropout, word_dropout=args.word_dropout, locked_dropout=args.locked_dropout)
     start = time.time()
+    plugins = [StopAtDeadline(args.deadline)] if args.deadline is not None else []
     ModelTrainer(tagger, corpus).train(
         run_dir, learning_rate=args.learning_rate, mini_batch_size=args.batch_size, max_epochs=args.epochs,
+        anneal_factor=args.anneal_factor, patience=args.patience, min_learning_rate=args.min_learning_rate,
         # "none", not "cpu": Flair 0.15 stores *trainable* embeddings (the character biLSTM) of dev sentences
         # during evaluation (they carry no grad there) and reuses them, stale, in every later dev evaluation,
         # which corrupts model selection; frozen RIVA vectors are cheap to recompute each epoch
         embeddings_storage_mode="none", max_grad_norm=5.0, save_final_model=True, create_file_logs=True,
-        main_evaluation_metric=("micro avg", "f1-score"), use_final_model_for_eval=False,
+        main_evaluation_metric=("micro avg", "f1-score"), use_final_model_for_eval=False, plugins=plugins,
     )  # the best dev epoch (best-model.pt) is reloaded before the final evaluation: selection on dev only
     train_seconds = time.time() - start
-    row: dict = {"corpus": args.name, "config": config, "seed": seed, "epochs": args.epochs,
+    epochs_run = _epochs_run(run_dir)
+    row: dict = {"corpus": args.name, "config": config, "seed": seed, "epochs": epochs_run,
                  "train_seconds": round(train_seconds, 1)}
     for split in ("dev", "test"):
         sentences = list(getattr(corpus, split))
@@ -275,7 +335,7 @@ def train_one(config: str, seed: int, args: ExperimentArgs, relevance: list[floa
         # as Flair reports it (span micro F1, conlleval convention); the predictions stay on the sentences
         row[f"{split}_f1"] = 100 * tagger.evaluate(sentences, gold_label_type="ner", mini_batch_size=32).main_score
         pred = [predicted_bio(s, offset=offset) for s in sentences]
-        gold = args.gold_tags[split]
+        gold = args.gold_tags[split] if args.gold_tags is not None else gold_tags_of(getattr(args.corpus, split))
         if [len(g) for g in gold] != [len(p) for p in pred]:
             raise RuntimeError(f"{split}: gold tags of the file do not align with the corpus sentences")
         row[f"{split}_f1_strict"] = strict_f1(gold, pred)
@@ -295,9 +355,18 @@ def train_one(config: str, seed: int, args: ExperimentArgs, relevance: list[floa
         for s in sentences:
             s.remove_labels("predicted")
     row["model"] = str(run_dir / ("best-model.pt" if (run_dir / "best-model.pt").exists() else "final-model.pt"))
-    log.info("%s seed %d: dev F1 %.2f, test F1 %.2f (strict %.2f)", config, seed, row["dev_f1"], row["test_f1"],
-             row["test_f1_strict"])
+    log.info("%s seed %d: dev F1 %.2f, test F1 %.2f (strict %.2f), %d epochs", config, seed, row["dev_f1"],
+             row["test_f1"], row["test_f1_strict"], epochs_run)
+    atomic_write_text(run_dir / RESULT_FILE, json.dumps(row, indent=2))
     return row
+
+
+def _epochs_run(run_dir: Path) -> int:
+    """Epochs Flair trained (rows of its loss.tsv)."""
+    path = run_dir / "loss.tsv"
+    if not path.is_file():
+        return 0
+    return max(0, len(path.read_text(encoding="utf-8").strip().splitlines()) - 1)
 
 
 def _mean_std(values: list[float]) -> str:
@@ -307,6 +376,16 @@ def _mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.2f}"
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def protocol_line(args: ExperimentArgs) -> str:
+    """The tagger settings, as results.md states them."""
+    return (f"biLSTM-CRF, 1 layer, hidden size {args.hidden_size} for every configuration; dropout {args.dropout}, "
+            f"word dropout {args.word_dropout}, locked dropout {args.locked_dropout} (Flair's SequenceTagger "
+            f"defaults, not stacked); SGD lr {args.learning_rate}, batch {args.batch_size}, clip 5.0, lr x "
+            f"{args.anneal_factor} after {args.patience} epochs without a better dev F1, stop below lr "
+            f"{args.min_learning_rate} or after {args.epochs} epochs; the best dev epoch is kept (selection on dev "
+            "only)")
 
 
 def write_results(rows: list[dict], args: ExperimentArgs, skipped: dict[str, str], coverage: dict) -> str:
@@ -333,19 +412,22 @@ def write_results(rows: list[dict], args: ExperimentArgs, skipped: dict[str, str
         return out + [""]
 
     main_cols = [("dev F1", "dev_f1"), ("test F1 (conlleval, as Flair)", "test_f1"),
-                 ("test F1 (seqeval strict IOB2)", "test_f1_strict")]
+                 ("test F1 (seqeval strict IOB2)", "test_f1_strict"), ("epochs", "epochs"),
+                 ("train s", "train_seconds")]
+    seeds = sorted({r["seed"] for r in rows})
     lines = [f"# {args.name}: multimodal NER with flair-riva", "",
-             f"Seeds: {args.seeds}; epochs: {args.epochs}; F1 in %, mean ± std over seeds; model selection on dev. "
-             f"biLSTM hidden sizes {args.hidden_sizes}; dropout {args.dropout}, word dropout {args.word_dropout}, "
-             f"locked dropout {args.locked_dropout} (every configuration).",
+             f"Seeds: {seeds}; F1 in %, mean ± std over seeds; model selection on dev only.",
+             f"Protocol: {protocol_line(args)}.",
              "Tweets with an image file: " + ", ".join(f"{k} {a}/{b}" for k, (a, b) in coverage.items()) + ".", ""]
     lines += table("Table 4", TABLE4, main_cols)
     if any(r["config"] in TABLE5 for r in rows):
         lines += table("Table 5", ["+RIVA(image+text)"] + TABLE5, main_cols)
     split_by = ("the ground truth of the relation" if args.relation_truth is not None
                 else "the RGN: s_G >= 0.5 is \"image adds\"")
-    lines += table(f"Table 6 (test split by {split_by})", TABLE4 + ["-RGN"],
-                   [("image adds", "test_adds_f1"), ("image doesn't add", "test_not_adds_f1"), ("overall", "test_f1")])
+    if any("test_adds_f1" in r for r in rows):
+        lines += table(f"Table 6 (test split by {split_by})", TABLE4 + ["-RGN"],
+                       [("image adds", "test_adds_f1"), ("image doesn't add", "test_not_adds_f1"),
+                        ("overall", "test_f1")])
     if skipped:
         lines += ["Skipped: " + "; ".join(f"{c} ({why})" for c, why in skipped.items()), ""]
     text = "\n".join(lines)
@@ -361,6 +443,7 @@ def run_experiments(args: ExperimentArgs, relevance: list[float] | None = None) 
     for split, (have, total) in coverage.items():
         log.info("%s %s: %d of %d tweets have an image file; the others are embedded text-only", args.name, split,
                  have, total)
+    log_unk_rates(args)
     wanted = any(c in args.configs for c in TABLE6 + TABLE4)
     if relevance is None and args.riva is not None and args.relation_truth is None and wanted:
         relevance = relevance_of(list(args.corpus.test), args.riva, args.feature_cache)
@@ -380,10 +463,48 @@ def run_experiments(args: ExperimentArgs, relevance: list[float] | None = None) 
     return rows, text
 
 
+def log_unk_rates(args: ExperimentArgs) -> dict[str, dict[str, dict[str, float]]]:
+    """Log the ``<unk>`` rate of every corpus split (tokens, entity tokens) for each RIVA model given."""
+    from flair_riva.pretraining_text import corpus_unk_rates, format_unk_rates, read_vocabulary
+
+    rates = {}
+    for name in ("riva", "riva_text", "riva_nogate"):
+        model_dir = getattr(args, name)
+        if model_dir is not None and Path(model_dir).is_dir():
+            rates[name] = corpus_unk_rates(read_vocabulary(model_dir), args.corpus)
+            log.info("<unk> for the token encoder of %s (%s): %s", name, model_dir, format_unk_rates(rates[name]))
+    return rates
+
+
 # -- command line --------------------------------------------------------------------------------------
 
+def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
+    """The tagger protocol's options (shared by the recipes)."""
+    d = ExperimentArgs(corpus=None, name="", output=Path())
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=d.epochs, help="the most epochs of a run (%(default)s)")
+    p.add_argument("--lr", type=float, default=d.learning_rate, help="initial SGD learning rate (%(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--hidden-size", type=int, default=d.hidden_size,
+                   help="biLSTM hidden size of every configuration (%(default)s)")
+    p.add_argument("--anneal-factor", type=float, default=d.anneal_factor)
+    p.add_argument("--patience", type=int, default=d.patience)
+    p.add_argument("--min-lr", type=float, default=d.min_learning_rate,
+                   help="stop when annealing takes the learning rate below this (%(default)s)")
+    p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                   help="no epoch starts that would end later than this many minutes from now")
+
+
+def protocol_kwargs(ns: argparse.Namespace) -> dict:
+    """ExperimentArgs fields from the options of :func:`add_protocol_arguments`."""
+    return dict(seeds=ns.seeds, epochs=ns.epochs, learning_rate=ns.lr, batch_size=ns.batch_size,
+                hidden_size=ns.hidden_size, anneal_factor=ns.anneal_factor, patience=ns.patience,
+                min_learning_rate=ns.min_lr,
+                deadline=time.time() + 60 * ns.time_budget if ns.time_budget is not None else None)
+
+
 def build_parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("corpus_dir", type=Path, help="folder with train.txt, valid.txt|dev.txt, test.txt (IMGID format)")
     p.add_argument("--image-dir", type=Path, default=None, help="folder with <IMGID>.jpg (some or none may exist)")
     p.add_argument("--output", type=Path, required=True)
@@ -397,10 +518,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--feature-cache", type=Path, help="feature-cache folder for image features")
     p.add_argument("--configs", nargs="+", default=None, choices=ALL_CONFIGS, metavar="CONFIG",
                    help=f"subset of {ALL_CONFIGS}")
-    p.add_argument("--seeds", type=int, default=1)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--lr", type=float, default=0.02, help="SGD learning rate (Table 2)")
-    p.add_argument("--batch-size", type=int, default=8)
+    add_protocol_arguments(p)
     return p
 
 
@@ -409,14 +527,11 @@ def main_for(corpus_cls, description: str, argv: list[str] | None = None) -> int
     parser = build_parser(description)
     ns = parser.parse_args(argv)
     corpus = corpus_cls(ns.corpus_dir, image_dir=ns.image_dir)
-    dev_file = next(p for p in (ns.corpus_dir / "valid.txt", ns.corpus_dir / "dev.txt") if p.exists())
-    gold = {"dev": read_gold_tags(dev_file), "test": read_gold_tags(ns.corpus_dir / "test.txt")}
     args = ExperimentArgs(
-        corpus=corpus, name=corpus_cls.__name__, output=ns.output, gold_tags=gold, word_vectors=ns.word_vectors,
+        corpus=corpus, name=corpus_cls.__name__, output=ns.output, word_vectors=ns.word_vectors,
         riva=ns.riva, riva_text=ns.riva_text, riva_nogate=ns.riva_nogate, bert=ns.bert,
         flair_forward=ns.flair_forward, flair_backward=ns.flair_backward, feature_cache=ns.feature_cache,
-        configs=ns.configs or list(ALL_CONFIGS), seeds=ns.seeds, epochs=ns.epochs, learning_rate=ns.lr,
-        batch_size=ns.batch_size,
+        configs=ns.configs or list(ALL_CONFIGS), **protocol_kwargs(ns),
     )
     torch.set_num_threads(max(1, torch.get_num_threads()))
     _, text = run_experiments(args)
