@@ -143,7 +143,7 @@ def tagger_job(spec: dict) -> dict | None:
 
 def experiment_args(ns: argparse.Namespace, target: str) -> dict:
     """ExperimentArgs fields (except the corpus) of one target, picklable for the workers."""
-    from flair_riva.experiments import protocol_kwargs
+    from flair_riva.experiments_cli import protocol_kwargs
 
     kwargs = protocol_kwargs(ns)
     kwargs.pop("seeds")
@@ -220,7 +220,7 @@ def write_summary(ns: argparse.Namespace, targets: list[str], seconds: float) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flair_riva.experiments import add_protocol_arguments
+    from flair_riva.experiments_cli import add_protocol_arguments
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, required=True)

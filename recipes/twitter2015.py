@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 
 from flair_riva.datasets import TWITTER2015
-from flair_riva.experiments import main_for
+from flair_riva.experiments_cli import main_for
 
 if __name__ == "__main__":
     sys.exit(main_for(TWITTER2015, __doc__))
