@@ -297,9 +297,13 @@ def train_one(config: str, seed: int, args: ExperimentArgs, relevance: list[floa
     from flair_riva.io import atomic_write_text
 
     run_dir = args.output / "runs" / run_name(config, seed)
+    settings = run_settings(args)
     if (run_dir / RESULT_FILE).is_file():
-        log.info("%s seed %d: finished before, reusing %s", config, seed, run_dir / RESULT_FILE)
-        return json.loads((run_dir / RESULT_FILE).read_text(encoding="utf-8"))
+        done = json.loads((run_dir / RESULT_FILE).read_text(encoding="utf-8"))
+        if done.get("settings") == settings:
+            log.info("%s seed %d: finished before, reusing %s", config, seed, run_dir / RESULT_FILE)
+            return done
+        log.info("%s seed %d: %s was written with other settings: training again", config, seed, run_dir)
     flair.set_seed(seed)
     embeddings = build_embeddings(config, args)
     corpus = args.corpus
@@ -356,8 +360,18 @@ def train_one(config: str, seed: int, args: ExperimentArgs, relevance: list[floa
     row["model"] = str(run_dir / ("best-model.pt" if (run_dir / "best-model.pt").exists() else "final-model.pt"))
     log.info("%s seed %d: dev F1 %.2f, test F1 %.2f (strict %.2f), %d epochs", config, seed, row["dev_f1"],
              row["test_f1"], row["test_f1_strict"], epochs_run)
+    row["settings"] = settings
     atomic_write_text(run_dir / RESULT_FILE, json.dumps(row, indent=2))
     return row
+
+
+def run_settings(args: ExperimentArgs) -> dict:
+    """What a run's result depends on, besides the configuration and seed (a result file is reused only
+    when they are the same)."""
+    keys = ("epochs", "learning_rate", "batch_size", "hidden_size", "anneal_factor", "patience", "min_learning_rate",
+            "dropout", "word_dropout", "locked_dropout", "word_vectors", "riva", "riva_text", "riva_nogate", "bert",
+            "flair_forward", "flair_backward")
+    return {k: str(getattr(args, k)) if isinstance(getattr(args, k), Path) else getattr(args, k) for k in keys}
 
 
 def _epochs_run(run_dir: Path) -> int:
@@ -392,9 +406,9 @@ def write_results(rows: list[dict], args: ExperimentArgs, skipped: dict[str, str
     args.output.mkdir(parents=True, exist_ok=True)
     keys: list[str] = []
     for r in rows:
-        keys += [k for k in r if k not in keys]
+        keys += [k for k in r if k not in keys and k != "settings"]
     with open(args.output / "results.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer = csv.DictWriter(handle, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 
