@@ -688,3 +688,23 @@ def test_teacher_is_reused_across_runs_and_a_mismatch_is_refused(demo_run, world
     assert main(["--output", str(tmp_path / "bad"), "--teacher", str(demo_run / "teacher"), *base,
                  "--rgn-hidden-size", "16"]) == 2
     assert "does not fit this run's model" in capsys.readouterr().err
+
+
+def test_word_vectors_widen_the_input_vocabulary_are_frozen_and_stored_once(world, cache_dir, tmp_path):
+    """Issue 10: every word the vectors know is an input word (not a softmax class), the vectors are frozen
+    and every model folder of the run shares one vectors file; the <unk> rate of the text is logged."""
+    from flair_riva.model import VECTORS_FILE, RivaModel
+
+    words = ["the", "a", "to", "kardashian", "cleveland"]  # the last two never occur in the demo world
+    glove = tmp_path / "vectors.txt"
+    glove.write_text("".join(f"{w} " + " ".join(f"{(i + j) / 10:.1f}" for j in range(16)) + "\n"
+                             for i, w in enumerate(words)), encoding="utf-8")
+    out = tmp_path / "run"
+    run_pretraining(tiny_args(world, out, cache_dir, use_image=False, epochs=1, word_dim=None,
+                              word_vectors=str(glove)))
+    assert "<unk> in the pretraining text" in (out / "training.log").read_text(encoding="utf-8")
+    model = RivaModel.load(out / "final")
+    assert model.config.freeze_word_vectors and not model.token_encoder.word_embedding.weight.requires_grad
+    assert model.vocab.word_id("Kardashian") >= model.vocab.output_size > 0
+    inodes = {p.stat().st_ino for p in out.glob(f"*/{VECTORS_FILE}")}
+    assert len(list(out.glob(f"*/{VECTORS_FILE}"))) >= 2 and len(inodes) == 1
