@@ -84,6 +84,8 @@ def pretrain(ns: argparse.Namespace, corpora: dict, target: str) -> dict:
         cmd += ["--resume"] if (run / "run_args.json").is_file() else []
         run_module("flair_riva.pretrain", cmd + ns.pretrain_args, ns.pretrain_threads)
     pretrain_seconds = time.time() - start
+    if (folder / "pretrain.json").is_file() and pretrain_seconds < 1:  # trained by an earlier invocation
+        pretrain_seconds = json.loads((folder / "pretrain.json").read_text(encoding="utf-8"))["pretrain_seconds"]
     model = riva_dir(ns.output, target)
     texts = [tokenize_tweet(json.loads(line)["text"]) for line in text_file.read_text(encoding="utf-8").splitlines()]
     vectors = load_word_vectors(ns.word_vectors) if ns.word_vectors is not None else None
@@ -190,7 +192,8 @@ def write_summary(ns: argparse.Namespace, targets: list[str], seconds: float) ->
             c = info["pretrain_text"]
             lines += [f"Pretraining text: {c['target_train']} train tweets of {target} + {c['other']} tweets of the "
                       f"other corpora, {c['dropped']} dropped as duplicates of a {target} dev/test tweet "
-                      f"(normalised text), {c['written']} written. RIVA(text): {info['model']}.", "",
+                      f"(normalised text), {c['written']} written. RIVA(text): {info['model']} (pretraining "
+                      f"{info['pretrain_seconds'] / 60:.1f} min).", "",
                       "| split | tokens | <unk> before (0.1.0 vocabulary) | <unk> after | entity tokens | "
                       "entity <unk> before | entity <unk> after |", "|---|---:|---:|---:|---:|---:|---:|"]
             for split, a in info["unk"]["after"].items():
@@ -199,8 +202,9 @@ def write_summary(ns: argparse.Namespace, targets: list[str], seconds: float) ->
                              f"| {b['entity_unk']:.1f} % | {a['entity_unk']:.1f} % |")
             lines.append("")
         if (folder / "probe.json").is_file():
-            acc = json.loads((folder / "probe.json").read_text(encoding="utf-8"))["accuracy"]
-            cells = ", ".join(f"{cond} {100 * a['all']:.1f}" for cond, a in acc.items() if "all" in a)
+            report = json.loads((folder / "probe.json").read_text(encoding="utf-8"))
+            cells = ", ".join(f"{cond} {100 * a['all']:.1f}" for cond, a in report["accuracy"].items() if "all" in a)
+            cells += f" (chance {100 * report['chance']['all']:.1f}, {report['counts']['all']} dev entities)"
             lines += [f"Entity-type probe on frozen RIVA(text) vectors, dev accuracy (%): {cells}.", ""]
         args = ExperimentArgs(corpus=None, **experiment_args(ns, target))
         rows = []
