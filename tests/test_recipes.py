@@ -117,3 +117,22 @@ def test_table5_stacks_with_local_bert_and_flair_models(tmp_path, monkeypatch):
     rows, text = mner.run_experiments(args)
     assert [r["config"] for r in rows] == ["+BERT", "+RIVA+BERT+Flair"]
     assert "### Table 5" in text
+
+
+def test_time_budget_stops_before_an_epoch_that_would_end_too_late(monkeypatch):
+    from flair.trainers.plugins.base import TrainingInterrupt
+
+    clock = iter([100.0, 130.0, 160.0])  # epochs 1 and 2 took 30 s; the deadline is 185 s
+    monkeypatch.setattr(mner.time, "time", lambda: next(clock))
+    stop = mner.StopAtDeadline(deadline=185.0)
+    stop.before_training_epoch(epoch=1)
+    stop.before_training_epoch(epoch=2)   # 130 + 30 <= 185: epoch 2 runs
+    with pytest.raises(TrainingInterrupt, match="time budget"):
+        stop.before_training_epoch(epoch=3)  # 160 + 30 > 185
+
+
+def test_protocol_is_the_same_for_every_configuration():
+    args = mner.ExperimentArgs(corpus=None, name="x", output=Path("out"))
+    assert args.hidden_size == 256 and (args.dropout, args.word_dropout, args.locked_dropout) == (0.0, 0.05, 0.5)
+    line = mner.protocol_line(args)
+    assert "hidden size 256 for every configuration" in line and "locked dropout 0.5" in line
