@@ -224,6 +224,8 @@ def write_summary(ns: argparse.Namespace, targets: list[str], seconds: float) ->
 
 
 def main(argv: list[str] | None = None) -> int:
+    # one OpenMP thread before torch starts (the taggers run one thread each, and forking is safe then)
+    os.environ["OMP_NUM_THREADS"] = "1"
     from flair_riva.experiments_cli import add_protocol_arguments
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -253,7 +255,6 @@ def main(argv: list[str] | None = None) -> int:
     ns.word_vectors = ns.word_vectors.resolve() if ns.word_vectors else None
     targets = ns.targets or list(ns.corpus_dirs)
     start = time.time()
-    os.environ["OMP_NUM_THREADS"] = "1"
     if ns.stage in ("all", "pretrain"):
         corpora = {name: load_corpus(name, path) for name, path in ns.corpus_dirs.items()}
         for target in targets:
