@@ -108,15 +108,6 @@ class Vocabulary:
             return word_ids
         return torch.where(word_ids < self.output_size, word_ids, torch.full_like(word_ids, UNK_ID))
 
-    def unk_rate(self, token_lists: Iterable[Sequence[str]]) -> tuple[int, int]:
-        """``(tokens that are <unk> for the token encoder, tokens)`` over tokenised texts."""
-        unk = total = 0
-        for tokens in token_lists:
-            for tok in tokens:
-                total += 1
-                unk += normalize_word(tok) not in self.word_index
-        return unk, total
-
     @classmethod
     def build(
         cls, texts: Iterable[Sequence[str]], max_size: int = 50000, min_count: int = 2,
