@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 
 import pytest
 import torch
@@ -171,3 +172,23 @@ def test_word_vector_dimension_mismatch(tmp_path):
     vocab = Vocabulary.build([["a"]], min_count=1)
     with pytest.raises(ValueError, match="word_dim=2"):
         init_word_embedding(torch.nn.Embedding(len(vocab), 5), vocab, load_word_vectors(path))
+
+
+def test_build_vocabulary_adds_the_vector_words_as_input_only():
+    from gensim.models import KeyedVectors
+
+    from flair_riva.text import build_vocabulary
+
+    kv = KeyedVectors(3)
+    kv.add_vectors(["the", "Paris", "2015", "zebra"], torch.zeros(4, 3).numpy())
+    texts = [["the", "cat", "the", "cat", "dog"]]
+    stats: dict = {}
+    vocab = build_vocabulary(texts, max_size=100, min_count=2, vectors=kv, stats=stats)
+    assert vocab.words[: vocab.output_size] == ["<pad>", "<unk>", "[BOS]", "[EOS]", "the", "cat"]
+    assert vocab.words[vocab.output_size:] == ["paris", "0000", "zebra"]  # normalised, in the file's order
+    assert stats == {"tokens": 5, "unk_input": 1, "unk_output": 1}        # "dog"
+    again = Vocabulary.from_json(vocab.to_json())
+    assert again.words == vocab.words and again.output_size == vocab.output_size
+    assert "output_size" not in json.loads(build_vocabulary(texts, 100, 2).to_json()), "0.1.0 layout without vectors"
+    with pytest.raises(ValueError, match="output_size"):
+        Vocabulary.from_data({"words": vocab.words, "chars": vocab.chars, "output_size": 2})
