@@ -19,7 +19,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from flair_riva.text import Vocabulary, normalize_word
+from flair_riva.text import UNK_ID, Vocabulary, normalize_word
 
 log = logging.getLogger("flair")
 
@@ -85,7 +85,7 @@ def corpus_unk_rates(vocab: Vocabulary, corpus) -> dict[str, dict[str, float]]:
         counts = [0, 0, 0, 0]  # tokens, unk, entity tokens, entity unk
         for s in getattr(corpus, split) or []:
             for token, entity in zip(s.tokens, _entity_flags(s)):
-                unk = normalize_word(token.text) not in vocab.word_index
+                unk = vocab.word_id(token.text) == UNK_ID
                 counts[0] += 1
                 counts[1] += unk
                 counts[2] += entity

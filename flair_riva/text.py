@@ -83,11 +83,14 @@ class Vocabulary:
     specials and the frequent pretraining words) are also the LM's *output* vocabulary (the softmax);
     the words after them are known to the word vectors only (:func:`build_vocabulary`): the token
     encoder reads them, the LM predicts them as ``<unk>``. ``output_size=None`` means every word (one
-    vocabulary for input and output, as in flair-riva 0.1.0)."""
+    vocabulary for input and output, as in flair-riva 0.1.0). With ``hashtag_words`` a ``#hashtag`` that is
+    not a word of the vocabulary is read as the word after ``#`` (``#Toronto`` -> ``toronto``); off in 0.1.0
+    vocabularies, so models trained with them see the ids they were trained with."""
 
     words: list[str]
     chars: list[str]
     output_size: int | None = None
+    hashtag_words: bool = False
 
     def __post_init__(self) -> None:
         if tuple(self.words[: len(SPECIAL_WORDS)]) != SPECIAL_WORDS:
@@ -140,7 +143,11 @@ class Vocabulary:
         return len(self.chars)
 
     def word_id(self, token: str) -> int:
-        return self.word_index.get(normalize_word(token), UNK_ID)
+        word = normalize_word(token)
+        found = self.word_index.get(word)
+        if found is None and self.hashtag_words and len(word) > 1 and word[0] == "#":
+            found = self.word_index.get(word[1:])
+        return UNK_ID if found is None else found
 
     def char_ids(self, token: str) -> list[int]:
         chars = clean_token(token)
@@ -153,6 +160,8 @@ class Vocabulary:
         data: dict = {"words": self.words, "chars": self.chars}
         if self.output_size != len(self.words):
             data["output_size"] = self.output_size  # absent: one vocabulary (0.1.0 layout)
+        if self.hashtag_words:
+            data["hashtag_words"] = True
         return json.dumps(data, ensure_ascii=False)
 
     @classmethod
@@ -181,7 +190,9 @@ class Vocabulary:
                                         or not len(SPECIAL_WORDS) <= output_size <= len(data["words"])):
             raise ValueError(f"vocab.json: 'output_size' must be an integer in [{len(SPECIAL_WORDS)}, "
                              f"{len(data['words'])}], got {output_size!r}")
-        return cls(list(data["words"]), list(data["chars"]), output_size)
+        if not isinstance(data.get("hashtag_words", False), bool):
+            raise ValueError("vocab.json: 'hashtag_words' must be true or false")
+        return cls(list(data["words"]), list(data["chars"]), output_size, data.get("hashtag_words", False))
 
 
 @dataclass
@@ -388,7 +399,8 @@ def build_vocabulary(texts: Iterable[Sequence[str]], max_size: int = 50000, min_
     """The vocabulary policy of a RIVA model (issue 10): the LM's output vocabulary is the frequent words
     of the pretraining text (``min_count``, ``max_size``, :meth:`Vocabulary.build`); the token encoder's
     input vocabulary adds every word the word ``vectors`` know (normalised; in the vector file's order),
-    so that a test tweet's word that the vectors know is never ``<unk>``, whatever the pretraining text.
+    so that a test tweet's word that the vectors know is never ``<unk>``, whatever the pretraining text;
+    and a ``#hashtag`` that is no word of its own is read as its word (:attr:`Vocabulary.hashtag_words`).
 
     One pass over ``texts`` (a stream is fine). Logs, and writes into ``stats`` when given, the tokens of
     the text (``tokens``) and those that are ``<unk>`` for the token encoder (``unk_input``) and for the
@@ -410,9 +422,11 @@ def build_vocabulary(texts: Iterable[Sequence[str]], max_size: int = 50000, min_
                 known.add(word)
                 extra.append(word)
         vocab = Vocabulary(vocab.words + extra, vocab.chars, output_size=len(vocab.words))
+    vocab.hashtag_words = True
     total = sum(counts.values())
-    unk_input = sum(c for w, c in counts.items() if w not in vocab.word_index)
-    unk_output = sum(c for w, c in counts.items() if vocab.word_index.get(w, vocab.output_size) >= vocab.output_size)
+    ids = {w: vocab.word_id(w) for w in counts}  # normalize_word is idempotent
+    unk_input = sum(c for w, c in counts.items() if ids[w] == UNK_ID)
+    unk_output = sum(c for w, c in counts.items() if ids[w] == UNK_ID or ids[w] >= vocab.output_size)
     log.info("vocabulary: %d input words (token encoder), %d output words (LM softmax); <unk> in the "
              "pretraining text: %.2f %% of %d tokens for the token encoder, %.2f %% for the LM", len(vocab),
              vocab.output_size, 100 * unk_input / max(total, 1), total, 100 * unk_output / max(total, 1))

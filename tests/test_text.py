@@ -189,6 +189,10 @@ def test_build_vocabulary_adds_the_vector_words_as_input_only():
     assert stats == {"tokens": 5, "unk_input": 1, "unk_output": 1}        # "dog"
     again = Vocabulary.from_json(vocab.to_json())
     assert again.words == vocab.words and again.output_size == vocab.output_size
-    assert "output_size" not in json.loads(build_vocabulary(texts, 100, 2).to_json()), "0.1.0 layout without vectors"
+    assert "output_size" not in json.loads(build_vocabulary(texts, 100, 2).to_json()), "one vocabulary without vectors"
+    # a hashtag that is no word of its own is its word; not in a 0.1.0 vocabulary (the ids it was trained with)
+    assert vocab.word_id("#Paris") == vocab.word_id("paris") != UNK_ID and again.word_id("#Paris") != UNK_ID
+    old = Vocabulary.from_json(json.dumps({"words": vocab.words, "chars": vocab.chars}))
+    assert old.word_id("#Paris") == UNK_ID
     with pytest.raises(ValueError, match="output_size"):
         Vocabulary.from_data({"words": vocab.words, "chars": vocab.chars, "output_size": 2})
