@@ -6,7 +6,7 @@ unlabelled pairs of the demo world (random pseudo labels, seed 0) and prints tas
 versions that compute the same model print the same numbers (float32 tolerance):
 
     PYTHONPATH=../old-worktree python recipes/fixed_batch_loss.py
-    PYTHONPATH=. python recipes/fixed_batch_loss.py
+    PYTHONPATH=. python recipes/fixed_batch_loss.py [cuda]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from flair_riva.vision import FeatureCache, ImageFeaturizer, RegionExtractor
 
 def main() -> int:
     torch.set_num_threads(1)
+    device = torch.device(sys.argv[1] if len(sys.argv) > 1 else "cpu")
     with tempfile.TemporaryDirectory(prefix="riva-fixed-") as tmp:
         world = generate_demo_world(Path(tmp) / "world")
         pairs = list(iter_unlabelled_pairs(world.unlabelled_file))[:32]
@@ -37,10 +38,10 @@ def main() -> int:
             pair.label = rng.randint(0, 1)
         vocab = Vocabulary.build([p.tokens for p in pairs], 50000, 1)
         torch.manual_seed(0)
-        model = RivaModel(RivaConfig(backbone="resnet18"), vocab)
+        model = RivaModel(RivaConfig(backbone="resnet18"), vocab).to(device)
         extractor = RegionExtractor("resnet18")
         extractor.load_state_dict(model.backbone.state_dict())
-        extractor.eval()
+        extractor.to(device).eval()
         source = VisualSource(ImageFeaturizer(extractor, FeatureCache(Path(tmp) / "cache", extractor.fingerprint())))
         batch = prepare_batch(pairs, vocab, source)
         visual = source.features(model, batch.visual, grad=False)
@@ -53,9 +54,9 @@ def main() -> int:
                     if isinstance(module, torch.nn.LSTM):
                         module.dropout = 0.0
                 model.config = model.config.replace(gate_dropout=0.0)
-            out = model(batch.text, visual)
+            out = model(batch.text.to(device), visual)
             task1 = model.relation_loss(out.relation_logits, batch.labels, batch.has_image)
-            loss = task1 + model.lm_loss(out, batch.text)
+            loss = task1 + model.lm_loss(out, batch.text.to(device))
             model.zero_grad()
             loss.backward()
             norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters() if p.grad is not None))
