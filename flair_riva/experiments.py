@@ -371,7 +371,12 @@ def run_settings(args: ExperimentArgs) -> dict:
     keys = ("epochs", "learning_rate", "batch_size", "hidden_size", "anneal_factor", "patience", "min_learning_rate",
             "dropout", "word_dropout", "locked_dropout", "word_vectors", "riva", "riva_text", "riva_nogate", "bert",
             "flair_forward", "flair_backward")
-    return {k: str(getattr(args, k)) if isinstance(getattr(args, k), Path) else getattr(args, k) for k in keys}
+    settings = {k: str(getattr(args, k)) if isinstance(getattr(args, k), Path) else getattr(args, k) for k in keys}
+    for key in ("riva", "riva_text", "riva_nogate"):  # a model pretrained again under the same path is another model
+        weights = Path(settings[key]) / "model.safetensors" if settings[key] is not None else None
+        if weights is not None and weights.is_file():
+            settings[key] += f" (weights written {weights.stat().st_mtime_ns})"
+    return settings
 
 
 def _epochs_run(run_dir: Path) -> int:
