@@ -19,8 +19,17 @@ from flair_riva.config import RivaConfig
 from flair_riva.datasets import read_pseudo_labelled
 from flair_riva.demo import generate_demo_world
 from flair_riva.model import RivaModel
-from flair_riva.pretrain import PretrainArgs, PretrainError, main, relation_scores, resolve_args, run_pretraining
+from flair_riva.pretrain import (
+    PretrainArgs,
+    PretrainError,
+    main,
+    relation_scores,
+    resolve_args,
+    run_pretraining,
+    stages,
+)
 from flair_riva.pretrain import trainer as trainer_module
+from flair_riva.pretrain.algorithm import AlgorithmOne
 from flair_riva.pretrain.data import (
     PreparedBatch,
     VisualSource,
@@ -40,7 +49,7 @@ from flair_riva.pretrain.state import (
     restore_rng,
     save_state,
 )
-from flair_riva.pretrain.trainer import StepRunner
+from flair_riva.pretrain.steps import LossModule, StepRunner
 from flair_riva.text import Vocabulary, encode_batch
 from tests.conftest import TINY, random_visual
 
@@ -150,9 +159,9 @@ def test_demo_defaults_are_resolved_and_named():
     assert any(n.startswith("epochs=") for n in notes)
     args, demo, notes = resolve_args(PretrainArgs(relation_data="r.tsv", unlabelled="u.jsonl"))
     assert not demo and not notes
-    assert (args.epochs, args.backbone_weights, args.freeze_backbone, args.rgn_hidden_size) == (
+    assert (args.epochs, args.backbone_weights, args.freeze_backbone, args.model.rgn_hidden_size) == (
         35, "IMAGENET1K_V1", False, 256)
-    assert resolve_args(PretrainArgs(rgn_hidden_size=48))[0].rgn_hidden_size == 48
+    assert resolve_args(PretrainArgs(rgn_hidden_size=48))[0].model.rgn_hidden_size == 48
 
 
 # -- Algorithm 1's two kinds of step ---------------------------------------------------------------------------
@@ -213,12 +222,13 @@ def test_rgn_step_computes_the_models_relation_logits(tiny_vocab):
     torch.manual_seed(0)
     model = RivaModel(RivaConfig(**TINY), tiny_vocab).eval()
     batch = _batch(tiny_vocab)
-    from flair_riva.pretrain.trainer import LossModule, _relation_sum
-
     rel, lm = LossModule(model, VisualSource(None))("rgn", batch)
     logits = model.relation_logits(batch.text, batch.visual)
     assert float(lm) == 0.0
-    torch.testing.assert_close(rel, _relation_sum(logits, batch.labels, batch.has_image))
+    keep = batch.has_image & (batch.labels >= 0)
+    expected = torch.nn.functional.cross_entropy(logits[keep], batch.labels[keep], reduction="sum")
+    torch.testing.assert_close(rel, expected)
+    torch.testing.assert_close(rel, model.relation_loss_sum(logits, batch.labels, batch.has_image)[0])
 
 
 # -- the run folder --------------------------------------------------------------------------------------------
@@ -267,10 +277,13 @@ def test_pseudo_labelling_filters_by_top_class_score_in_one_stream(world, cache_
     lines[-1] = json.dumps({"text": "ii pic", "image": "missing.png"})
     unlabelled = tmp_path / "u.jsonl"
     unlabelled.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    pretrainer = trainer_module.Pretrainer(tiny_args(world, tmp_path / "out", cache_dir, threshold=0.6),
-                                           DistContext())
-    pretrainer.unlabelled_path, pretrainer.image_dir = unlabelled, None
-    pretrainer.out.mkdir(parents=True)
+    from flair_riva.pretrain.inputs import DataPaths, RunInputs
+    from flair_riva.pretrain.run_folder import RunFolder
+
+    config = resolve_args(tiny_args(world, tmp_path / "out", cache_dir, threshold=0.6))[0]
+    folder = RunFolder(config.output)
+    folder.path.mkdir(parents=True)
+    run = RunInputs(config, DistContext(), folder, DataPaths(None, unlabelled, None))
     teacher = RivaModel(RivaConfig(**TINY), Vocabulary.build([["aa"]], 10, 1))
 
     def scripted_logits(text, visual):
@@ -281,11 +294,11 @@ def test_pseudo_labelling_filters_by_top_class_score_in_one_stream(world, cache_
     streams = []
     real_iter = datasets.iter_unlabelled_pairs
     monkeypatch.setattr(datasets, "iter_unlabelled_pairs", lambda *a, **k: streams.append(1) or real_iter(*a, **k))
-    info = pretrainer.pseudo_label(teacher, expected=9)
+    info = stages.pseudo_label(run, teacher, expected=9)
     assert len(streams) == 1, "the unlabelled pairs are read in one streaming pass"
     assert info["kept"] == 5 and info["below_threshold"] == 3 and info["without_image"] == 1 and info["seen"] == 9
     assert info["kept_per_class"] == {"image does not add": 2, "image adds": 3}
-    kept = read_pseudo_labelled(pretrainer.out / "pseudo_labelled.tsv")
+    kept = read_pseudo_labelled(folder / "pseudo_labelled.tsv")
     assert [(p.tokens[0], p.label) for p in kept] == [("aa", 0), ("bb", 0), ("ee", 1), ("ff", 1), ("gg", 1)]
     assert [round(p.score, 4) for p in kept] == [0.9, 0.65, 0.62, 0.7, 0.9]
 
@@ -311,7 +324,7 @@ def test_image_gain_is_measured_with_images_rotated_among_the_pairs(demo_run, wo
     """evaluate_lm: own vs rotated images on the same pairs; a model whose VLCN ignores the image has gain 0."""
     from flair_riva.datasets import read_pseudo_labelled
     from flair_riva.pretrain.data import VisualSource
-    from flair_riva.pretrain.trainer import evaluate_lm
+    from flair_riva.pretrain.steps import evaluate_lm
     from flair_riva.vision import ImageFeaturizer
 
     model = RivaModel.load(demo_run / "final")
@@ -337,7 +350,7 @@ def test_best_is_chosen_on_dev_only(world, cache_dir, tmp_path, monkeypatch):
     """Scripted scores: test F1 and perplexity favour epoch 3, dev favours epochs 1-2 (tie -> lower ppl: 2)."""
     script = iter([(0.8, 0.1, 50.0), (0.8, 0.2, 40.0), (0.3, 0.99, 10.0)])
 
-    def fake_evaluate(self, model, data, source, perplexity):
+    def fake_evaluate(self, perplexity):
         def s(f1):
             return relation_scores([0, 1], [0, 1]).to_dict() | {"f1": f1}
         if not perplexity:
@@ -345,7 +358,7 @@ def test_best_is_chosen_on_dev_only(world, cache_dir, tmp_path, monkeypatch):
         dev, test, ppl = next(script)
         return {"dev": s(dev), "test": s(test), "lm": {"ppl": ppl}}
 
-    monkeypatch.setattr(trainer_module.Pretrainer, "_evaluate", fake_evaluate)
+    monkeypatch.setattr(AlgorithmOne, "evaluate", fake_evaluate)
     result = run_pretraining(tiny_args(world, tmp_path / "run", cache_dir, epochs=3))
     assert result.best_epoch == 2
     selection = json.loads((tmp_path / "run" / "best" / "selection.json").read_text())
@@ -370,8 +383,8 @@ def no_training(monkeypatch):
     def fail(*_args, **_kwargs):
         raise AssertionError("training started despite bad input")
 
-    monkeypatch.setattr(trainer_module.Pretrainer, "train_teacher", fail)
-    monkeypatch.setattr(trainer_module.Pretrainer, "algorithm_one", fail)
+    monkeypatch.setattr(stages, "train_teacher", fail)
+    monkeypatch.setattr(trainer_module, "AlgorithmOne", fail)
 
 
 def _relation_file(path: Path, rows: list[tuple[str, str, int]]) -> Path:
@@ -426,7 +439,7 @@ def test_threshold_that_keeps_nothing_stops_before_algorithm_one(world, cache_di
     def fail(*_args, **_kwargs):
         raise AssertionError("Algorithm 1 started although no pseudo label was kept")
 
-    monkeypatch.setattr(trainer_module.Pretrainer, "algorithm_one", fail)
+    monkeypatch.setattr(trainer_module, "AlgorithmOne", fail)
     with pytest.raises(PretrainError, match="keeps none of the 300 unlabelled pairs.*lower --threshold"):
         run_pretraining(tiny_args(world, tmp_path / "out", cache_dir, threshold=0.9999999))
     assert not (tmp_path / "out" / "pseudo_labelled.tsv").exists()
@@ -671,7 +684,7 @@ def test_unusable_feature_cache_warns_and_computes(world, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     pretrainer = Pretrainer(tiny_args(world, tmp_path / "out", blocker / "cache"), DistContext())
-    featurizer = pretrainer.featurizer()
+    featurizer = pretrainer.setup().featurizer()
     assert featurizer.cache is None
     features = featurizer([str(world.root / "images" / "person_000.png")])
     assert bool(features.has_image[0])
