@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from flair_riva.vision import SUPPORTED_ARCHS, backbone_spec
+
 VLCN_VISUAL_MODES = ("paper", "start", "state", "step")
 VISUAL_NORMS = ("standardize", "layer")
 #: Values of fields added after 0.1.0 that a config written without them had (so 0.1.0 models load as
@@ -114,15 +116,11 @@ class RivaConfig:
     @property
     def visual_dim(self) -> int:
         """d_v: channels of the backbone's last convolutional map (512 for ResNet-18/34: 7 x 7 x 512)."""
-        from flair_riva.vision import backbone_spec
-
         return backbone_spec(self.backbone).visual_dim
 
     @property
     def num_regions(self) -> int:
         """Regions of the backbone's last convolutional map (7 x 7 = 49)."""
-        from flair_riva.vision import backbone_spec
-
         return backbone_spec(self.backbone).num_regions
 
     @property
@@ -195,7 +193,7 @@ BOOL_FIELDS = ("freeze_word_vectors", "use_image", "gate")
 RETIRED_RANGES: dict[str, tuple[float, float]] = {
     "visual_dim": (512, 512), "num_regions": (49, 49), "batch_size": (1, 1_000_000), "learning_rate": (0.0, 1e6),
     "backbone_learning_rate": (0.0, 1e6), "clip_grad_norm": (0.0, 1e12)}
-CHOICES: dict[str, tuple[str, ...]] = {"backbone": ("resnet18", "resnet34"), "optimizer": ("sgd", "adam", "adamw"),
+CHOICES: dict[str, tuple[str, ...]] = {"backbone": SUPPORTED_ARCHS, "optimizer": ("sgd", "adam", "adamw"),
                                        "vlcn_visual": VLCN_VISUAL_MODES, "visual_norm": VISUAL_NORMS}
 
 
@@ -237,8 +235,6 @@ def validate_config_dict(data: Any) -> RivaConfig:
         elif name == "adaptive_softmax_cutoffs" and not _increasing_ints(value):
             raise ValueError(f"field {name}: must be 1 to 16 increasing positive integers, got {value!r}")
     merged = {**RivaConfig().to_dict(), **data}
-    from flair_riva.vision import backbone_spec
-
     visual_dim = backbone_spec(merged["backbone"]).visual_dim
     if visual_dim % merged["num_heads"]:
         raise ValueError(f"field num_heads: {merged['num_heads']} does not divide visual_dim {visual_dim}")

@@ -412,8 +412,8 @@ class BackboneSpec:
 
 #: The backbones flair-riva knows, and their visual sizes (the one place that lists them).
 BACKBONES: dict[str, BackboneSpec] = {
+    "resnet34": BackboneSpec(visual_dim=VISUAL_DIM, num_regions=NUM_REGIONS),  # the paper's
     "resnet18": BackboneSpec(visual_dim=VISUAL_DIM, num_regions=NUM_REGIONS),
-    "resnet34": BackboneSpec(visual_dim=VISUAL_DIM, num_regions=NUM_REGIONS),
 }
 SUPPORTED_ARCHS = tuple(BACKBONES)
 

@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -60,8 +60,11 @@ class Position:
 
 @dataclass
 class Running:
-    """Sums over the current epoch (reset after it), for its row of ``metrics.tsv``."""
+    """Sums over the current epoch (reset after it), for its row of ``metrics.tsv``: per pass (pseudo-labelled,
+    lines 2-6; labelled θ_RGN, lines 7-11) the summed relation and LM losses and the updates, then the pairs
+    trained on and the seconds spent in updates (the epoch's pairs/s)."""
 
+    PHASES: ClassVar[tuple[str, ...]] = ("pseudo", "labelled")
     pseudo_rel: float = 0.0
     pseudo_lm: float = 0.0
     pseudo_steps: int = 0
@@ -74,6 +77,7 @@ class Running:
     """Relation scores after the pseudo-labelled pass (Table 3's middle column)."""
 
     def add(self, phase: str, step: Step) -> None:
+        assert phase in self.PHASES, phase
         setattr(self, f"{phase}_rel", getattr(self, f"{phase}_rel") + step.relation)
         setattr(self, f"{phase}_lm", getattr(self, f"{phase}_lm") + step.lm)
         setattr(self, f"{phase}_steps", getattr(self, f"{phase}_steps") + 1)

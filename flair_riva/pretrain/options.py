@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from flair_riva.config import INT_RANGES, RivaConfig
+from flair_riva.vision import SUPPORTED_ARCHS
 
 
 class PretrainError(Exception):
@@ -120,7 +121,7 @@ MODEL_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "vlcn_hidden_size": ("LSTM hidden size of the VLCN", {}),
     "vlcn_layers": ("LSTM layers of the VLCN", {}),
     "num_heads": ("attention heads h of the VCN (%(default)s)", {}),
-    "backbone": ("ResNet backbone (%(default)s)", {"choices": ("resnet34", "resnet18")}),
+    "backbone": ("ResNet backbone (%(default)s)", {"choices": SUPPORTED_ARCHS}),
     "use_image": ("RIVA(text): no RGN/VCN, LM on the unlabelled texts only",
                   {"flag": "--no-image", "action": "store_false"}),
     "gate": ("-RGN ablation: s_G = 1", {"flag": "--no-gate", "action": "store_false"}),
@@ -196,8 +197,8 @@ def check_model_options(values: dict[str, Any]) -> None:
         value = values.get(name)
         if value is not None and (not math.isfinite(value) or not 0.0 <= value < hi):
             raise PretrainError(f"--{name.replace('_', '-')} must be a finite number in [0, 1), got {value}")
-    if values.get("backbone", "resnet34") not in ("resnet18", "resnet34"):
-        raise PretrainError(f"unknown --backbone {values['backbone']!r}: choose resnet34 (paper) or resnet18")
+    if values.get("backbone", "resnet34") not in SUPPORTED_ARCHS:
+        raise PretrainError(f"unknown --backbone {values['backbone']!r}: choose {' or '.join(SUPPORTED_ARCHS)}")
 
 
 def PretrainArgs(**values: Any) -> PretrainConfig:  # noqa: N802 (the 0.1.0 name of the flat options)
