@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 
@@ -383,6 +384,49 @@ def test_paper_mode_is_kept_as_written(tiny_config, tiny_vocab, tiny_token_lists
     assert RivaConfig.from_dict(legacy).vlcn_visual == "paper"
     out = model(model.encode(tiny_token_lists), random_visual(len(tiny_token_lists)))
     assert out.token_states.shape[-1] == tiny_config.embedding_length
+
+
+#: What a 0.1.0 config.json held that the config no longer has (Table 2's training settings, the visual sizes).
+RETIRED_0_1_0 = {"learning_rate": 0.02, "backbone_learning_rate": 1e-4, "optimizer": "sgd", "batch_size": 16,
+                 "clip_grad_norm": 5.0, "visual_dim": 512, "num_regions": 49}
+
+
+def test_a_0_1_0_model_folder_loads_without_its_retired_fields(tiny_config, tiny_vocab, tiny_token_lists, tmp_path,
+                                                               caplog):
+    torch.manual_seed(0)
+    old = tiny_config.replace(vlcn_visual="paper", visual_norm="layer", gate_dropout=0.0)  # 0.1.0's model
+    model = RivaModel(old, tiny_vocab).eval()
+    model.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    config = {k: v for k, v in meta["config"].items() if k not in ("vlcn_visual", "visual_norm", "gate_dropout")}
+    meta["config"] = {**config, **RETIRED_0_1_0}
+    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+    logger = logging.getLogger("flair")  # it does not propagate: pytest's handler is attached directly
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("INFO", logger="flair"):
+            loaded = RivaModel.load(tmp_path / "m")
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "dropping fields flair-riva no longer uses: backbone_learning_rate, batch_size" in caplog.text
+    assert loaded.config == old and (loaded.config.visual_dim, loaded.config.num_regions) == (512, 49)
+    text, visual = model.encode(tiny_token_lists), random_visual(len(tiny_token_lists))
+    torch.testing.assert_close(loaded(text, visual).token_states, model(text, visual).token_states)
+    with pytest.raises(CheckpointError, match="visual_dim"):  # still checked before it is dropped
+        meta["config"]["visual_dim"] = 2048
+        (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+        RivaModel.load(tmp_path / "m")
+
+
+def test_a_config_pickled_by_0_1_0_unpickles_without_its_retired_fields(tiny_config):
+    """A saved 0.1.0 tagger pickles its RivaConfig with the retired fields in the instance dict."""
+    legacy = {k: v for k, v in tiny_config.to_dict().items() if k not in ("vlcn_visual", "visual_norm", "gate_dropout")}
+    config = RivaConfig.__new__(RivaConfig)
+    config.__setstate__({**legacy, **RETIRED_0_1_0})
+    assert not set(RETIRED_0_1_0) & set(vars(config))
+    assert config.vlcn_visual == "paper" and config.visual_dim == 512 and config.to_dict() == RivaConfig.from_dict(
+        legacy).to_dict()
+    assert pickle.loads(pickle.dumps(config)) == config
 
 
 def _type_world(n: int, seed: int, num_types: int = 3):
