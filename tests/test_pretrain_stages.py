@@ -44,8 +44,8 @@ def test_pseudo_labelling_filters_by_top_class_score_in_one_stream(world, cache_
     monkeypatch.setattr(datasets, "iter_unlabelled_pairs", lambda *a, **k: streams.append(1) or real_iter(*a, **k))
     info = stages.pseudo_label(run, teacher, expected=9)
     assert len(streams) == 1, "the unlabelled pairs are read in one streaming pass"
-    assert info["kept"] == 5 and info["below_threshold"] == 3 and info["without_image"] == 1 and info["seen"] == 9
-    assert info["kept_per_class"] == {"image does not add": 2, "image adds": 3}
+    assert info.kept == 5 and info.below_threshold == 3 and info.without_image == 1 and info.seen == 9
+    assert info.kept_per_class == {"image does not add": 2, "image adds": 3}
     kept = read_pseudo_labelled(folder / "pseudo_labelled.tsv")
     assert [(p.tokens[0], p.label) for p in kept] == [("aa", 0), ("bb", 0), ("ee", 1), ("ff", 1), ("gg", 1)]
     assert [round(p.score, 4) for p in kept] == [0.9, 0.65, 0.62, 0.7, 0.9]

@@ -24,7 +24,7 @@ from flair_riva.pretrain.data import epoch_batches
 from flair_riva.pretrain.inputs import RunInputs
 from flair_riva.pretrain.metrics import select_best
 from flair_riva.pretrain.options import PretrainError
-from flair_riva.pretrain.run_folder import MID_EPOCH_DIR
+from flair_riva.pretrain.run_folder import MID_EPOCH_DIR, TeacherRecord
 from flair_riva.pretrain.state import capture_rng, restore_rng, seed_everything
 from flair_riva.pretrain.steps import Step, StepRunner, evaluate_lm, evaluate_relation, make_optimizer, training_steps
 from flair_riva.text import Vocabulary
@@ -44,7 +44,7 @@ class StudentData:
     train: list[Any] = field(default_factory=list)
     dev: list[Any] = field(default_factory=list)
     test: list[Any] = field(default_factory=list)
-    teacher: dict[str, Any] = field(default_factory=dict)
+    teacher: TeacherRecord | None = None
     """The teacher's scores (``run_state.json``), repeated in every row of ``metrics.tsv``."""
 
 
@@ -215,7 +215,8 @@ class AlgorithmOne:
             pos.phase, pos.step = "labelled", 0
         if use_image:
             self.run_pass("labelled", self.data.train, "rgn")       # lines 7-11: task 1, θ_RGN only
-        row = history_row(epoch, self.progress.running, self.evaluate(perplexity=True), self.data.teacher,
+        teacher = self.data.teacher.to_dict() if self.data.teacher else {}
+        row = history_row(epoch, self.progress.running, self.evaluate(perplexity=True), teacher,
                           self.optimizers["joint"], use_image)
         self.progress.history.append(row)
         for sched in self.schedulers.values():

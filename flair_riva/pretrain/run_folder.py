@@ -20,6 +20,7 @@ from typing import Any
 
 from flair_riva.io import atomic_directory, atomic_write_text
 from flair_riva.model import RivaModel
+from flair_riva.pretrain.metrics import RelationScores
 from flair_riva.pretrain.options import PretrainError
 from flair_riva.pretrain.state import STATE_FILE, STATE_FORMAT, load_state, save_state, write_metrics
 
@@ -51,25 +52,72 @@ def _same_arg(name: str, previous: Any, current: Any) -> bool:
 
 
 @dataclass
+class VocabularyRecord:
+    """Stage 0: the vocabulary's sizes, the word vector size, and the unlabelled pairs counted on the way."""
+
+    words: int
+    chars: int
+    word_dim: int
+    unlabelled: int
+    unlabelled_with_image: int
+
+
+@dataclass
+class TeacherRecord:
+    """Stage 1: the teacher's epoch (chosen on dev; 0 when reused), its scores and the split sizes."""
+
+    epoch: int
+    dev: RelationScores
+    test: RelationScores
+    train_pairs: int
+    dev_pairs: int
+    test_pairs: int
+    source: str | None = None
+    """The ``--teacher`` folder it was reused from (``"from"`` in ``run_state.json``)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {**asdict(self), "dev": self.dev.to_dict(), "test": self.test.to_dict()}
+        source = data.pop("source")
+        return data if source is None else {**data, "from": source}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TeacherRecord:
+        return cls(data["epoch"], RelationScores.from_dict(data["dev"]), RelationScores.from_dict(data["test"]),
+                   data["train_pairs"], data["dev_pairs"], data["test_pairs"], data.get("from"))
+
+
+@dataclass
+class PseudoRecord:
+    """Stage 2: what the pseudo-labelling pass saw and kept (kept pairs per class name)."""
+
+    seen: int
+    kept: int
+    threshold: float
+    kept_per_class: dict[str, int]
+    below_threshold: int
+    without_image: int
+    highest_score: float
+
+
+@dataclass
 class RunState:
-    """What stages 0-2 recorded (``run_state.json``): each entry is present once its stage finished.
+    """What stages 0-2 recorded (``run_state.json``): each record is present once its stage finished."""
 
-    ``vocab``: ``words``, ``chars``, ``word_dim``, ``unlabelled``, ``unlabelled_with_image``;
-    ``teacher``: ``epoch``, ``dev`` / ``test`` (:class:`~flair_riva.pretrain.metrics.RelationScores` dicts),
-    pair counts, ``from``; ``pseudo``: ``seen``, ``kept``, ``threshold``, ``kept_per_class``,
-    ``below_threshold``, ``without_image``, ``highest_score``."""
-
-    vocab: dict[str, Any] | None = None
-    teacher: dict[str, Any] | None = None
-    pseudo: dict[str, Any] | None = None
+    vocab: VocabularyRecord | None = None
+    teacher: TeacherRecord | None = None
+    pseudo: PseudoRecord | None = None
 
     @classmethod
     def from_dict(cls, data: Any) -> RunState:
         data = data if isinstance(data, dict) else {}
-        return cls(**{k: data.get(k) for k in ("vocab", "teacher", "pseudo")})
+        vocab, teacher, pseudo = (data.get(k) for k in ("vocab", "teacher", "pseudo"))
+        return cls(VocabularyRecord(**vocab) if vocab else None, TeacherRecord.from_dict(teacher) if teacher else None,
+                   PseudoRecord(**pseudo) if pseudo else None)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        records = {"vocab": self.vocab, "teacher": self.teacher, "pseudo": self.pseudo}
+        return {k: v.to_dict() if isinstance(v, TeacherRecord) else asdict(v) for k, v in records.items()
+                if v is not None}
 
 
 @dataclass
@@ -190,7 +238,7 @@ class RunFolder:
     def read_state(self) -> RunState:
         try:
             return RunState.from_dict(json.loads((self.path / RUN_STATE_FILE).read_text(encoding="utf-8")))
-        except (OSError, ValueError):
+        except (OSError, ValueError, TypeError, KeyError):  # none, damaged, or of another layout: stages rerun
             return RunState()
 
     def write_state(self, state: RunState) -> None:

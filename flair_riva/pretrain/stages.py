@@ -18,7 +18,7 @@ from flair_riva.pretrain.data import epoch_batches
 from flair_riva.pretrain.distributed import DistContext
 from flair_riva.pretrain.inputs import CLASS_NAMES, RunInputs, reason_summary
 from flair_riva.pretrain.options import PretrainError
-from flair_riva.pretrain.run_folder import PSEUDO_FILE
+from flair_riva.pretrain.run_folder import PSEUDO_FILE, PseudoRecord, TeacherRecord, VocabularyRecord
 from flair_riva.pretrain.state import seed_everything
 from flair_riva.pretrain.steps import (
     StepRunner,
@@ -43,7 +43,7 @@ def log_line() -> None:
 # -- stage 0 -------------------------------------------------------------------------------------------------------
 
 
-def build_vocabulary(run: RunInputs) -> tuple[Vocabulary, dict[str, Any]]:
+def build_vocabulary(run: RunInputs) -> tuple[Vocabulary, VocabularyRecord]:
     """Stage 0: one streamed pass over the labelled and unlabelled texts (the unlabelled file is never
     loaded whole). Also counts the unlabelled pairs and those with an existing image file."""
     from flair_riva.datasets import iter_unlabelled_pairs
@@ -101,8 +101,8 @@ def build_vocabulary(run: RunInputs) -> tuple[Vocabulary, dict[str, Any]]:
             raise PretrainError(f"--word-dim {word_dim} does not match the {vectors.vector_size}-d word "
                                 f"vectors of {a.word_vectors}")
         word_dim = vectors.vector_size
-    info = {"words": len(vocab), "chars": vocab.num_chars, "word_dim": word_dim,
-            "unlabelled": counts["unlabelled"], "unlabelled_with_image": counts["unlabelled_with_image"]}
+    info = VocabularyRecord(len(vocab), vocab.num_chars, word_dim, counts["unlabelled"],
+                            counts["unlabelled_with_image"])
     log.info("vocabulary: %d words, %d characters (from %d labelled and %d unlabelled texts; "
              "%d unlabelled pairs have an image file)", len(vocab), vocab.num_chars,
              len(labelled), counts["unlabelled"], counts["unlabelled_with_image"])
@@ -112,7 +112,7 @@ def build_vocabulary(run: RunInputs) -> tuple[Vocabulary, dict[str, Any]]:
 # -- stage 1 -------------------------------------------------------------------------------------------------------
 
 
-def train_teacher(run: RunInputs, vocab: Vocabulary, config: RivaConfig) -> tuple[RivaModel, dict[str, Any]]:
+def train_teacher(run: RunInputs, vocab: Vocabulary, config: RivaConfig) -> tuple[RivaModel, TeacherRecord]:
     """§3.1: the teacher, a RivaModel trained with relation_logits + relation_loss only, selected on dev."""
     a = run.config
     split = run.splits()
@@ -152,8 +152,8 @@ def train_teacher(run: RunInputs, vocab: Vocabulary, config: RivaConfig) -> tupl
     test_scores = evaluate_relation(teacher, split.test, source, run.eval_batch_size)
     log.info("teacher: epoch %d chosen on dev | dev %s", best_epoch, dev_scores)
     log.info("teacher: test %s", test_scores)
-    return teacher, {"epoch": best_epoch, "dev": dev_scores.to_dict(), "test": test_scores.to_dict(),
-                     "train_pairs": len(split.train), "dev_pairs": len(split.dev), "test_pairs": len(split.test)}
+    return teacher, TeacherRecord(best_epoch, dev_scores, test_scores, len(split.train), len(split.dev),
+                                  len(split.test))
 
 
 #: Config fields a reused teacher must share with the run (its token encoder and RGN are the student's start).
@@ -161,7 +161,7 @@ TEACHER_FIELDS = ("word_dim", "char_dim", "char_hidden_size", "rgn_hidden_size",
                   "visual_norm")
 
 
-def reuse_teacher(run: RunInputs, vocab: Vocabulary, config: RivaConfig) -> tuple[RivaModel, dict[str, Any]]:
+def reuse_teacher(run: RunInputs, vocab: Vocabulary, config: RivaConfig) -> tuple[RivaModel, TeacherRecord]:
     """Stage 1 from ``--teacher DIR``: a teacher another run trained on the same data (e.g. the image
     model's, for the -RGN ablation, whose teacher is the same network), checked and scored here."""
     path = run.config.teacher
@@ -185,14 +185,13 @@ def reuse_teacher(run: RunInputs, vocab: Vocabulary, config: RivaConfig) -> tupl
     test_scores = evaluate_relation(teacher, split.test, source, run.eval_batch_size)
     log.info("teacher: dev %s", dev_scores)
     log.info("teacher: test %s", test_scores)
-    return teacher, {"epoch": 0, "dev": dev_scores.to_dict(), "test": test_scores.to_dict(), "train_pairs": 0,
-                     "dev_pairs": len(split.dev), "test_pairs": len(split.test), "from": str(path)}
+    return teacher, TeacherRecord(0, dev_scores, test_scores, 0, len(split.dev), len(split.test), str(path))
 
 
 # -- stage 2 -------------------------------------------------------------------------------------------------------
 
 
-def pseudo_label(run: RunInputs, teacher: RivaModel, expected: int | None) -> dict[str, Any]:
+def pseudo_label(run: RunInputs, teacher: RivaModel, expected: int | None) -> PseudoRecord:
     """§3.1: label the unlabelled pairs in one streaming pass; keep top class score > threshold."""
     from flair_riva.datasets import RelationPair, iter_unlabelled_pairs, write_pseudo_labelled
 
@@ -229,10 +228,8 @@ def pseudo_label(run: RunInputs, teacher: RivaModel, expected: int | None) -> di
         raise PretrainError(f"cannot read the unlabelled pairs {unlabelled}: {err}") from err
     finally:
         bar.close()
-    info = {"seen": counts["seen"], "kept": written, "threshold": threshold,
-            "kept_per_class": {CLASS_NAMES[c]: counts[f"kept_{c}"] for c in (0, 1)},
-            "below_threshold": counts["below_threshold"], "without_image": counts["without_image"],
-            "highest_score": highest[0]}
+    info = PseudoRecord(counts["seen"], written, threshold, {CLASS_NAMES[c]: counts[f"kept_{c}"] for c in (0, 1)},
+                        counts["below_threshold"], counts["without_image"], highest[0])
     log_pseudo(info)
     if written == 0:
         path.unlink(missing_ok=True)
@@ -247,10 +244,10 @@ def pseudo_label(run: RunInputs, teacher: RivaModel, expected: int | None) -> di
     return info
 
 
-def log_pseudo(info: dict[str, Any]) -> None:
-    per = info["kept_per_class"]
+def log_pseudo(info: PseudoRecord) -> None:
+    per = info.kept_per_class
     log.info("pseudo-labels: kept %d of %d pairs (threshold %g): %s; %d below the threshold, %d without a "
-             "readable image", info["kept"], info["seen"], info["threshold"],
-             ", ".join(f"{n} '{name}'" for name, n in per.items()), info["below_threshold"], info["without_image"])
-    if info["kept"] and min(per.values()) == 0:
+             "readable image", info.kept, info.seen, info.threshold,
+             ", ".join(f"{n} '{name}'" for name, n in per.items()), info.below_threshold, info.without_image)
+    if info.kept and min(per.values()) == 0:
         log.warning("pseudo-labels: every kept pair has the same class; task 1 on them teaches one class only")

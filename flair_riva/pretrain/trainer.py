@@ -25,7 +25,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -158,14 +158,13 @@ class Pretrainer:
             self.folder.write_state(state)
         if not self.config.model.use_image:
             return
-        config = run.model_config(state.vocab["word_dim"])
+        config = run.model_config(state.vocab.word_dim)
         teacher_dir = self.folder / "teacher"
         teacher = None
         if state.teacher is not None and teacher_dir.is_dir():
             try:
                 teacher = RivaModel.load(teacher_dir, map_location=run.device)
-                log.info("stage 1 done before: reusing %s (test %s)", teacher_dir,
-                         RelationScores.from_dict(state.teacher["test"]))
+                log.info("stage 1 done before: reusing %s (test %s)", teacher_dir, state.teacher.test)
             except CheckpointError as err:
                 log.warning("cannot reuse %s (%s): training the teacher again", teacher_dir, err)
                 teacher = None
@@ -181,7 +180,7 @@ class Pretrainer:
         else:
             if self.config.frozen:
                 teacher.backbone.requires_grad_(False)
-            state.pseudo = stages.pseudo_label(run, teacher, state.vocab.get("unlabelled"))
+            state.pseudo = stages.pseudo_label(run, teacher, state.vocab.unlabelled)
             self.folder.write_state(state)
 
     def student_data(self, run: RunInputs) -> StudentData:
@@ -190,8 +189,7 @@ class Pretrainer:
 
         self.state = self.folder.read_state()
         vocab = Vocabulary.from_json((self.folder / VOCAB_FILE).read_text(encoding="utf-8"))
-        data = StudentData(vocab, run.model_config(self.state.vocab["word_dim"]), [], [],
-                           teacher=self.state.teacher or {})
+        data = StudentData(vocab, run.model_config(self.state.vocab.word_dim), [], [], teacher=self.state.teacher)
         if self.config.model.use_image:
             split = run.splits()
             data.train, data.dev, data.test = split.train, split.dev, split.test
@@ -240,7 +238,8 @@ class Pretrainer:
             result = PretrainResult(
                 output=self.folder.path, final_dir=self.folder / "final",
                 best_dir=self.folder / "best" if best_epoch is not None else None, best_epoch=best_epoch,
-                teacher=self.state.teacher or {}, pseudo=self.state.pseudo or {}, history=history,
+                teacher=self.state.teacher.to_dict() if self.state.teacher else {},
+                pseudo=asdict(self.state.pseudo) if self.state.pseudo else {}, history=history,
                 seconds=time.time() - start)
             if ctx.is_main:
                 self._log_summary(result)
