@@ -185,12 +185,11 @@ def make_optimizer(name: str, groups: list[dict[str, Any]]) -> torch.optim.Optim
 
 @contextlib.contextmanager
 def evaluating(model: RivaModel):
-    """Eval mode and no gradients for the block; the model's mode is restored after it."""
+    """Eval mode for the block; the model's mode is restored after it."""
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            yield
+        yield
     finally:
         model.train(was_training)
 
@@ -203,7 +202,7 @@ def relation_probabilities(model: RivaModel, pairs: Iterable[Any], source: Visua
         for chunk, batch in prepared_batches(chunked(pairs, batch_size), model.vocab, source):
             probs = None
             if bool(batch.has_image.any()):
-                with autocast(model):
+                with torch.no_grad(), autocast(model):  # per batch: the caller runs between the batches
                     logits = model.relation_logits(batch.text.to(model.device),
                                                    source.features(model, batch.visual, grad=False))
                 probs = logits.float().softmax(dim=-1).cpu()
@@ -248,7 +247,7 @@ def evaluate_lm(model: RivaModel, pairs: Sequence[Any], source: VisualSource, ba
         return result
     total, shuffled, count = 0.0, 0.0, 0
     gates: dict[int, list[float]] = {0: [], 1: []}
-    with evaluating(model):
+    with evaluating(model), torch.no_grad():
         for _, batch in prepared_batches(chunked(pairs, batch_size), model.vocab, source):
             text = batch.text.to(model.device)
             visual = source.features(model, batch.visual, grad=False)
