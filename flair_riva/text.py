@@ -33,7 +33,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
+
+from flair_riva.rnn import run_lstm
 
 log = logging.getLogger("flair")
 
@@ -207,16 +208,16 @@ class CharEncoder(nn.Module):
     def forward(self, char_ids: torch.Tensor) -> torch.Tensor:
         """(B, T, C) character ids -> (B, T, 2 * hidden) token encodings (zeros at padding)."""
         b, t, c = char_ids.shape
-        flat = char_ids.reshape(b * t, c)
-        lengths = (flat != PAD_ID).sum(dim=1)
-        out = flat.new_zeros((b * t, self.output_dim), dtype=self.embedding.weight.dtype)
+        # each distinct spelling once (a batch of tweets repeats a third of its tokens, and every padding
+        # position is the same empty spelling): the same numbers for less work
+        spellings, index = torch.unique(char_ids.reshape(b * t, c), dim=0, return_inverse=True)
+        lengths = (spellings != PAD_ID).sum(dim=1)
+        encoded = spellings.new_zeros((spellings.shape[0], self.output_dim), dtype=self.embedding.weight.dtype)
         real = lengths > 0
         if real.any():
-            emb = self.embedding(flat[real])
-            packed = pack_padded_sequence(emb, lengths[real].cpu(), batch_first=True, enforce_sorted=False)
-            _, (h_n, _) = self.lstm(packed)
-            out[real] = torch.cat([h_n[0], h_n[1]], dim=-1).to(out.dtype)
-        return out.reshape(b, t, self.output_dim)
+            _, h_n = run_lstm(self.lstm, self.embedding(spellings[real]), lengths[real])
+            encoded = encoded.index_put((real.nonzero().squeeze(1),), torch.cat([h_n[0], h_n[1]], dim=-1))
+        return encoded[index].reshape(b, t, self.output_dim)
 
 
 class TokenEncoder(nn.Module):
