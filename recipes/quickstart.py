@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -53,56 +54,85 @@ QUICK_CONFIGS = ["text", "+RIVA(text)", "+RIVA(image+text)", "-RGN"]
 QUICK_PROBES = ["riva", "riva-text"]
 
 
-def _run_all(commands: list[list[str] | tuple[list[str], Path]], jobs: int) -> None:
-    """Run commands, ``jobs`` at a time (each single-threaded); fail if any fails. A ``(command, path)``
-    item starts only once ``path`` exists (written atomically by an earlier command)."""
-    running: list[tuple[list[str], subprocess.Popen]] = []
-    pending = [item if isinstance(item, tuple) else (item, None) for item in commands]
-    while pending or running:
-        ready = [item for item in pending if item[1] is None or item[1].exists()]
-        while ready and len(running) < jobs:
-            item = ready.pop(0)
-            pending.remove(item)
-            log.info("running: %s", " ".join(item[0]))
-            running.append((item[0], subprocess.Popen(item[0])))
-        if pending and not running and not ready:
-            raise RuntimeError(f"waiting for {pending[0][1]}, which no running command writes")
-        time.sleep(0.5)
-        for item in list(running):
-            cmd, proc = item
-            if proc.poll() is not None:
-                running.remove(item)
-                if proc.returncode != 0:
-                    for _, other in running:
-                        other.kill()
-                    raise subprocess.CalledProcessError(proc.returncode, cmd)
+@dataclass
+class Job:
+    """One step of the quickstart: a command, or a tagger (configuration, seed) in a worker process. It
+    starts once every path in ``needs`` exists (each written atomically by an earlier job)."""
+
+    name: str
+    needs: list[Path] = field(default_factory=list)
+    command: list[str] | None = None
+    tagger: tuple[str, int] | None = None
 
 
-def pretrain_commands(world, output: Path, epochs: int, teacher_epochs: int) -> list:
+def run_jobs(jobs: list[Job], workers: int, settings: dict) -> list[dict]:
+    """Run ``jobs`` ``workers`` at a time (one thread each), each as soon as its inputs exist, earlier jobs
+    of the list first; returns the taggers' result rows. The first failure stops everything."""
+    rows: list[dict] = []
+    pending, running = list(jobs), []
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        try:
+            while pending or running:
+                for job in [j for j in pending if all(p.exists() for p in j.needs)]:
+                    if len(running) >= workers:
+                        break
+                    pending.remove(job)
+                    log.info("starting %s", job.name)
+                    handle = (subprocess.Popen(job.command) if job.command is not None
+                              else pool.submit(_tagger_job, *job.tagger, settings))
+                    running.append((job, handle))
+                if pending and not running:
+                    raise RuntimeError(f"{pending[0].name} waits for {pending[0].needs}, which no job writes")
+                time.sleep(0.5)
+                for item in list(running):
+                    job, handle = item
+                    if isinstance(handle, subprocess.Popen):
+                        if handle.poll() is None:
+                            continue
+                        if handle.returncode != 0:
+                            raise subprocess.CalledProcessError(handle.returncode, job.command)
+                    elif not handle.done():
+                        continue
+                    else:
+                        rows.append(handle.result())
+                    running.remove(item)
+                    log.info("finished %s", job.name)
+        finally:
+            for _, handle in running:
+                if isinstance(handle, subprocess.Popen) and handle.poll() is None:
+                    handle.kill()
+                elif not isinstance(handle, subprocess.Popen):
+                    handle.cancel()
+    return rows
+
+
+def pretrain_jobs(world, output: Path, epochs: int, teacher_epochs: int) -> list[Job]:
     """``python -m flair_riva.pretrain`` on the demo world for each model not yet finished. The -RGN run
     reuses the image model's teacher (the same network on the same data), so it waits for it."""
-    commands: list = []
+    jobs: list[Job] = []
     for name, extra in MODELS.items():
         if (output / name / "final" / "config.json").exists():
             log.info("reusing %s", output / name / "final")
             continue
-        wait = None
+        needs = []
         if name == "riva-nogate":
-            wait = output / "riva" / "teacher"
-            extra = extra + ["--teacher", str(wait)]
-        commands.append(([sys.executable, "-m", "flair_riva.pretrain", "--demo-dir", str(world.root),
-                         "--output", str(output / name), "--freeze-backbone", "--backbone-weights", "none",
-                         "--feature-cache", str(world.root / "feature-cache"), "--overwrite", "--no-progress",
-                         "--epochs", str(epochs), "--teacher-epochs", str(teacher_epochs)] + QUICK_MODEL + extra, wait))
-    return commands
+            needs = [output / "riva" / "teacher" / "config.json"]
+            extra = extra + ["--teacher", str(output / "riva" / "teacher")]
+        jobs.append(Job(f"pretraining {name}", needs, [
+            sys.executable, "-m", "flair_riva.pretrain", "--demo-dir", str(world.root), "--output", str(output / name),
+            "--freeze-backbone", "--backbone-weights", "none", "--feature-cache", str(world.root / "feature-cache"),
+            "--overwrite", "--no-progress", "--epochs", str(epochs), "--teacher-epochs", str(teacher_epochs),
+            *QUICK_MODEL, *extra]))
+    return jobs
 
 
-def probe_commands(world, output: Path, names: list[str]) -> list[list[str]]:
-    """``python -m flair_riva.probe`` for each named model that has no probe.json yet."""
-    return [[sys.executable, "-m", "flair_riva.probe", "--model", str(output / name / "final"),
-             "--corpus", str(world.ner_dir), "--feature-cache", str(world.root / "feature-cache"),
-             "--relation-truth", str(world.relation_truth_file), "--output", str(output / name / "probe.json")]
-            for name in names if not (output / name / "probe.json").exists()]
+def probe_jobs(world, output: Path, names: list[str]) -> list[Job]:
+    """``python -m flair_riva.probe`` for each named model that has no probe.json yet, once it is pretrained."""
+    return [Job(f"probe {name}", [output / name / "final" / "config.json"], [
+        sys.executable, "-m", "flair_riva.probe", "--model", str(output / name / "final"), "--corpus",
+        str(world.ner_dir), "--feature-cache", str(world.root / "feature-cache"), "--relation-truth",
+        str(world.relation_truth_file), "--output", str(output / name / "probe.json")])
+        for name in names if not (output / name / "probe.json").exists()]
 
 
 def _tagger_job(config: str, seed: int, settings: dict) -> dict:
@@ -110,7 +140,7 @@ def _tagger_job(config: str, seed: int, settings: dict) -> dict:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
     exp = experiment_args(settings)
-    return mner.train_one(config, seed, exp, settings["relevance"])
+    return mner.train_one(config, seed, exp, None)  # Table 6 split by the world's ground truth
 
 
 def experiment_args(settings: dict) -> mner.ExperimentArgs:
@@ -186,27 +216,30 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     output = args.output.resolve()
     world = generate_demo_world(args.demo_dir or default_demo_root())
-    _run_all(pretrain_commands(world, output, args.pretrain_epochs, args.teacher_epochs), args.jobs)
-    pretrain_seconds = time.time() - start
-    _run_all(probe_commands(world, output, args.probe), args.jobs)
-
     settings = {"world": str(world.root), "models": str(output), "output": str(output / "ner"),
                 "configs": args.configs, "seeds": args.seeds, "epochs": args.epochs, "batch_size": args.batch_size}
+    # One queue for everything, in order of priority: each job starts as soon as its inputs exist, so the
+    # text tagger and the probes fill the gaps while the longer pretraining runs go on.
+    model_of = {"+RIVA(image+text)": "riva", "-RGN": "riva-nogate", "+RIVA(text)": "riva-text"}
+    taggers = [Job(f"tagger {config} seed {seed}",
+                   [output / model_of[config] / "final" / "config.json"] if config in model_of else [],
+                   tagger=(config, seed))
+               for config in args.configs for seed in range(1, args.seeds + 1)]
+    jobs = (pretrain_jobs(world, output, args.pretrain_epochs, args.teacher_epochs) + [t for t in taggers if t.needs]
+            + probe_jobs(world, output, args.probe) + [t for t in taggers if not t.needs])
+    rows = run_jobs(jobs, args.jobs, settings)
+    rows.sort(key=lambda r: (args.configs.index(r["config"]), r["seed"]))
+    pretrain_seconds = max(0.0, max((output / n / "final" / "config.json").stat().st_mtime for n in MODELS) - start)
+
     exp = experiment_args(settings)
     test = list(exp.corpus.test)
     relevance = mner.relevance_of(test, exp.riva, exp.feature_cache)
-    settings["relevance"] = relevance
     truth = exp.relation_truth
     related = [r for s, r in zip(test, relevance) if truth.get(s.get_metadata("image_id")) == 1]
     unrelated = [r for s, r in zip(test, relevance) if truth.get(s.get_metadata("image_id")) == 0]
     gate = (f"mean s_G on test tweets whose image adds: {statistics.mean(related):.3f} (n={len(related)}); "
             f"whose image doesn't add: {statistics.mean(unrelated):.3f} (n={len(unrelated)}); "
             f"difference {statistics.mean(related) - statistics.mean(unrelated):.3f}")
-
-    jobs = [(config, seed) for config in args.configs for seed in range(1, args.seeds + 1)]
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_tagger_job, config, seed, settings) for config, seed in jobs]
-        rows = [f.result() for f in futures]
     table = mner.write_results(rows, exp, {}, mner.image_coverage(exp.corpus))
 
     figure = output / "table7.png"
@@ -230,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                f"(dev accuracy, %)\n\n{probe}\n\n## The gate\n\n{gate}\n\n{table}\n")
     print(summary)
     print(f"Table 7 figure: {figure}")
-    print(f"pretraining {pretrain_seconds:.0f} s, total {time.time() - start:.0f} s")
+    print(f"pretraining done after {pretrain_seconds:.0f} s, total {time.time() - start:.0f} s")
     (output / "quickstart.md").write_text(summary, encoding="utf-8")
     return 0
 

@@ -1,0 +1,43 @@
+"""The quickstart's job queue: each job starts once its inputs exist, at most `workers` at a time, and the
+first failure stops the rest."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+import quickstart  # noqa: E402
+
+
+def _writer(path: Path, code: int = 0) -> list[str]:
+    """A command that appends its name to a log, then writes ``path`` (or exits with ``code``)."""
+    log = path.parent / "order.log"
+    script = (f"import pathlib,sys,time; time.sleep(0.2); "
+              f"pathlib.Path({str(log)!r}).open('a').write({path.name!r}+'\\n'); "
+              f"sys.exit({code}) if {code} else pathlib.Path({str(path)!r}).write_text('x')")
+    return [sys.executable, "-c", script]
+
+
+def test_jobs_wait_for_their_inputs(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    jobs = [quickstart.Job("c", [b], _writer(c)), quickstart.Job("b", [a], _writer(b)),
+            quickstart.Job("a", [], _writer(a))]
+    assert quickstart.run_jobs(jobs, workers=2, settings={}) == []
+    assert (tmp_path / "order.log").read_text().split() == ["a", "b", "c"]
+
+
+def test_a_failing_job_stops_the_queue(tmp_path):
+    jobs = [quickstart.Job("bad", [], _writer(tmp_path / "bad", code=3)),
+            quickstart.Job("never", [tmp_path / "bad"], _writer(tmp_path / "never"))]
+    with pytest.raises(subprocess.CalledProcessError):
+        quickstart.run_jobs(jobs, workers=1, settings={})
+    assert not (tmp_path / "never").exists()
+
+
+def test_a_job_whose_input_nobody_writes_is_an_error(tmp_path):
+    with pytest.raises(RuntimeError, match="waits for"):
+        quickstart.run_jobs([quickstart.Job("orphan", [tmp_path / "missing"], _writer(tmp_path / "x"))], 2, {})
