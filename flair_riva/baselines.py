@@ -21,7 +21,8 @@ from flair.data import Sentence
 from flair.embeddings import TokenEmbeddings
 from flair.embeddings.base import register_embeddings
 
-from flair_riva.vision import VISUAL_DIM, RegionExtractor
+from flair_riva.datasets import sentence_image_path
+from flair_riva.vision import RegionExtractor, open_featurizer
 
 log = logging.getLogger("flair")
 
@@ -60,34 +61,28 @@ class ImageTokenEmbeddings(TokenEmbeddings):
 
     @property
     def embedding_length(self) -> int:
-        return VISUAL_DIM
+        return self.extractor.spec.visual_dim
 
     def train(self, mode: bool = True):  # frozen: stays in eval mode while the tagger trains
         return super().train(False)
 
     def _featurize(self, paths):
-        from flair_riva.vision import ImageFeaturizer
-
         if self._featurizer is None:
-            cache = self.feature_cache
-            if cache is not None and not Path(cache).parent.exists():
-                log.warning("feature cache %s is not reachable here; computing image features", cache)
-                cache = None
-            self._featurizer = ImageFeaturizer(self.extractor, cache)
+            self._featurizer = open_featurizer(self.extractor, self.feature_cache, owner=f"baseline {self.name}")
         return self._featurizer(paths)
 
     def _add_embeddings_internal(self, sentences: list[Sentence]) -> list[Sentence]:
         sentences = [s for s in sentences if len(s) > 0]
         if not sentences:
             return sentences
-        paths = [s.get_metadata(self.image_key) if s.has_metadata(self.image_key) else None for s in sentences]
+        paths = [sentence_image_path(s, self.image_key) for s in sentences]
         with torch.no_grad():
             visual = self._featurize(paths)
         missing = int((~visual.has_image).sum())
         if missing:
             log.info("image-token baseline: %d of %d sentences in this batch have no usable image", missing,
                      len(sentences))
-        zeros = torch.zeros(VISUAL_DIM, device=flair.device)
+        zeros = torch.zeros(self.embedding_length, device=flair.device)
         for sentence, pooled in zip(sentences, visual.pooled.to(flair.device)):
             for token in sentence.tokens:
                 token.set_embedding(self.name, pooled if token.text == IMAGE_TOKEN and token.idx == 1 else zeros)

@@ -1,6 +1,8 @@
-"""RivaConfig: every hyperparameter of the RIVA model, with the paper's Table 2 as defaults.
+"""RivaConfig: the architecture of the RIVA model and its ablation flags, with the paper's Table 2 as defaults.
 
 The config is a plain dataclass that round-trips through JSON (``config.json`` in a model directory).
+Training settings live in :class:`~flair_riva.pretrain.options.PretrainConfig`; the visual sizes follow
+from the backbone (:data:`~flair_riva.vision.BACKBONES`).
 It is also pickled inside a Flair tagger (``RivaEmbeddings.to_params``), so that unpickling a saved
 tagger imports ``flair_riva`` and registers the embedding class (see notes §1.3): keep its module
 path and field names stable, and give every new field a default.
@@ -10,15 +12,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from flair_riva.vision import SUPPORTED_ARCHS, backbone_spec
 
 VLCN_VISUAL_MODES = ("paper", "start", "state", "step")
 VISUAL_NORMS = ("standardize", "layer")
 #: Values of fields added after 0.1.0 that a config written without them had (so 0.1.0 models load as
 #: they were trained).
 LEGACY_VALUES: dict[str, Any] = {"vlcn_visual": "paper", "visual_norm": "layer", "gate_dropout": 0.0}
+#: Fields flair-riva 0.1.0 wrote that the config no longer has: training settings no library code read (now
+#: :class:`~flair_riva.pretrain.options.PretrainConfig`'s) and the visual sizes, which follow from the
+#: backbone. A config that has them loads without them (logged).
+RETIRED_FIELDS = ("visual_dim", "num_regions", "learning_rate", "backbone_learning_rate", "optimizer", "batch_size",
+                  "clip_grad_norm")
 
 #: Version of the on-disk model directory format (config.json + vocab.json + model.safetensors).
 FORMAT_VERSION = 1
@@ -26,7 +36,7 @@ FORMAT_VERSION = 1
 
 @dataclass
 class RivaConfig:
-    """Architecture and training hyperparameters of RIVA (Sun et al., COLING 2020, §3 and Table 2)."""
+    """Architecture and ablation flags of RIVA (Sun et al., COLING 2020, §3 and Table 2)."""
 
     # -- text encoder (§3.1: word + character embeddings as in Lample et al. 2016) ----------------
     word_dim: int = 100
@@ -51,9 +61,6 @@ class RivaConfig:
     """How ResNet features are normalised before the RGN and VCN: ``"standardize"`` (per feature, with
     running statistics over the training images) or ``"layer"`` (per vector, flair-riva 0.1.0; keeps the
     component every image shares, so random-init features barely differ between images)."""
-    visual_dim: int = 512
-    """d_v: channels of ResNet-34's last convolutional map (7 x 7 x 512)."""
-    num_regions: int = 49
 
     # -- VCN (§3.2) -------------------------------------------------------------------------------
     num_heads: int = 8
@@ -82,13 +89,8 @@ class RivaConfig:
     """Training only: the probability that an item's s_G is replaced by 0 on its way to the VLCN, so the
     no-image input (s_G = 0) is one the language model is trained on in every epoch."""
 
-    # -- regularisation and optimisation (Table 2, "Misc.") -----------------------------------------
+    # -- regularisation (Table 2, "Misc.") ---------------------------------------------------------
     dropout: float = 0.5
-    learning_rate: float = 2e-2
-    backbone_learning_rate: float = 1e-4
-    optimizer: str = "sgd"
-    batch_size: int = 16
-    clip_grad_norm: float = 5.0
 
     # -- ablations (§4.5 "RIVA (text)", §4.6 "-RGN") ---------------------------------------------
     use_image: bool = True
@@ -112,6 +114,16 @@ class RivaConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
     @property
+    def visual_dim(self) -> int:
+        """d_v: channels of the backbone's last convolutional map (512 for ResNet-18/34: 7 x 7 x 512)."""
+        return backbone_spec(self.backbone).visual_dim
+
+    @property
+    def num_regions(self) -> int:
+        """Regions of the backbone's last convolutional map (7 x 7 = 49)."""
+        return backbone_spec(self.backbone).num_regions
+
+    @property
     def text_dim(self) -> int:
         """d_t: size of the RGN's text vector f_t (forward last + backward first state)."""
         return 2 * self.rgn_hidden_size
@@ -131,13 +143,13 @@ class RivaConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RivaConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)} | set(RETIRED_FIELDS)
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(
                 f"unknown RivaConfig fields {unknown}: this checkpoint was written by a newer flair-riva"
             )
-        data = {**{k: v for k, v in LEGACY_VALUES.items() if k not in data}, **data}
+        data = {**{k: v for k, v in LEGACY_VALUES.items() if k not in data}, **_without_retired(data)}
         return cls(**data)
 
     def to_json(self) -> str:
@@ -151,8 +163,17 @@ class RivaConfig:
         defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
                     for f in dataclasses.fields(self)}
         defaults.update({k: v for k, v in LEGACY_VALUES.items() if k not in state})
-        defaults.update(state)
+        defaults.update(_without_retired(state))
         self.__dict__.update(defaults)
+
+
+def _without_retired(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` without :data:`RETIRED_FIELDS` (named in a log line when there were any)."""
+    retired = sorted(k for k in data if k in RETIRED_FIELDS)
+    if not retired:
+        return data
+    logging.getLogger("flair").info("RivaConfig: dropping fields flair-riva no longer uses: %s", ", ".join(retired))
+    return {k: v for k, v in data.items() if k not in RETIRED_FIELDS}
 
 
 #: Ranges of the numeric fields a model directory's ``config.json`` may hold (inclusive). They bound what a
@@ -161,16 +182,18 @@ class RivaConfig:
 INT_RANGES: dict[str, tuple[int, int]] = {
     "word_dim": (1, 4096), "char_dim": (1, 4096), "char_hidden_size": (1, 4096),
     "max_vocab_size": (4, 10_000_000), "min_word_count": (1, 1_000_000_000),
-    "rgn_hidden_size": (1, 16384), "rgn_layers": (1, 16), "visual_dim": (512, 512), "num_regions": (49, 49),
-    "num_heads": (1, 512), "vlcn_hidden_size": (1, 16384), "vlcn_layers": (1, 16), "batch_size": (1, 1_000_000),
-    "visual_step_dim": (1, 4096),
+    "rgn_hidden_size": (1, 16384), "rgn_layers": (1, 16), "num_heads": (1, 512), "vlcn_hidden_size": (1, 16384),
+    "vlcn_layers": (1, 16), "visual_step_dim": (1, 4096),
 }
 FLOAT_RANGES: dict[str, tuple[float, float]] = {
-    "adaptive_softmax_div_value": (1.0, 64.0), "dropout": (0.0, 0.999999), "learning_rate": (0.0, 1e6),
-    "backbone_learning_rate": (0.0, 1e6), "clip_grad_norm": (0.0, 1e12), "gate_dropout": (0.0, 0.999999),
+    "adaptive_softmax_div_value": (1.0, 64.0), "dropout": (0.0, 0.999999), "gate_dropout": (0.0, 0.999999),
 }
 BOOL_FIELDS = ("freeze_word_vectors", "use_image", "gate")
-CHOICES: dict[str, tuple[str, ...]] = {"backbone": ("resnet18", "resnet34"), "optimizer": ("sgd", "adam", "adamw"),
+#: Values a retired field may hold in a 0.1.0 config (checked, then dropped).
+RETIRED_RANGES: dict[str, tuple[float, float]] = {
+    "visual_dim": (512, 512), "num_regions": (49, 49), "batch_size": (1, 1_000_000), "learning_rate": (0.0, 1e6),
+    "backbone_learning_rate": (0.0, 1e6), "clip_grad_norm": (0.0, 1e12)}
+CHOICES: dict[str, tuple[str, ...]] = {"backbone": SUPPORTED_ARCHS, "optimizer": ("sgd", "adam", "adamw"),
                                        "vlcn_visual": VLCN_VISUAL_MODES, "visual_norm": VISUAL_NORMS}
 
 
@@ -186,19 +209,19 @@ def validate_config_dict(data: Any) -> RivaConfig:
     Raises ``ValueError`` naming the first bad field. Cheap: nothing is allocated."""
     if not isinstance(data, dict):
         raise ValueError(f"the config must be a JSON object, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(RivaConfig)}
+    known = {f.name for f in dataclasses.fields(RivaConfig)} | set(RETIRED_FIELDS)
     unknown = sorted(str(k) for k in set(data) - known)
     if unknown:
         raise ValueError(f"unknown RivaConfig fields {unknown}: this checkpoint was written by a newer flair-riva")
     for name, value in data.items():
-        if name in INT_RANGES:
-            lo, hi = INT_RANGES[name]
+        if name in INT_RANGES or name in ("visual_dim", "num_regions", "batch_size"):
+            lo, hi = INT_RANGES.get(name) or RETIRED_RANGES[name]
             if type(value) is not int:
                 raise ValueError(f"field {name}: must be an integer, got {value!r}")
             if not lo <= value <= hi:
                 raise ValueError(f"field {name}: {value} is outside [{lo}, {hi}]")
-        elif name in FLOAT_RANGES:
-            lo, hi = FLOAT_RANGES[name]
+        elif name in FLOAT_RANGES or name in RETIRED_RANGES:
+            lo, hi = FLOAT_RANGES.get(name) or RETIRED_RANGES[name]
             if type(value) not in (int, float) or not math.isfinite(value):
                 raise ValueError(f"field {name}: must be a finite number, got {value!r}")
             if not lo <= value <= hi:
@@ -212,6 +235,7 @@ def validate_config_dict(data: Any) -> RivaConfig:
         elif name == "adaptive_softmax_cutoffs" and not _increasing_ints(value):
             raise ValueError(f"field {name}: must be 1 to 16 increasing positive integers, got {value!r}")
     merged = {**RivaConfig().to_dict(), **data}
-    if merged["visual_dim"] % merged["num_heads"]:
-        raise ValueError(f"field num_heads: {merged['num_heads']} does not divide visual_dim {merged['visual_dim']}")
+    visual_dim = backbone_spec(merged["backbone"]).visual_dim
+    if visual_dim % merged["num_heads"]:
+        raise ValueError(f"field num_heads: {merged['num_heads']} does not divide visual_dim {visual_dim}")
     return RivaConfig.from_dict(data)  # fields a 0.1.0 config lacks take their 0.1.0 values

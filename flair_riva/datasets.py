@@ -901,9 +901,26 @@ def read_pseudo_labelled(path: str | Path, image_dir: str | Path | None = None) 
     return pairs
 
 
+def sentence_image(sentence: Sentence, key: str = "image_path") -> tuple[str | None, str | None]:
+    """The image path stored on a sentence under the metadata ``key`` (as :class:`TwitterMNERCorpus` stores
+    it), or ``(None, why not)``: no such metadata, ``None`` or a blank path, or a value that is not a path."""
+    if not sentence.has_metadata(key):
+        return None, f"no '{key}' metadata"
+    value = sentence.get_metadata(key)
+    if value is None:
+        return None, "no path"
+    if isinstance(value, (str, os.PathLike)):
+        path = os.fspath(value)
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        path = path.strip("\r\n")
+        return (path, None) if path.strip() else (None, "no path")
+    return None, f"'{key}' metadata is a {type(value).__name__}, not a path"
+
+
 def sentence_image_path(sentence: Sentence, key: str = "image_path") -> str | None:
-    """The image path stored on a sentence, or None (a small helper for embeddings and recipes)."""
-    return sentence.get_metadata(key) if sentence.has_metadata(key) else None
+    """The image path stored on a sentence, or None (see :func:`sentence_image`)."""
+    return sentence_image(sentence, key)[0]
 
 
 def read_relation_truth(path: str | Path) -> dict[str, int]:

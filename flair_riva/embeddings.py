@@ -51,7 +51,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,9 +63,10 @@ from flair.embeddings import TokenEmbeddings
 from flair.embeddings.base import register_embeddings
 
 from flair_riva.config import RivaConfig
-from flair_riva.model import RivaModel, RivaOutput
+from flair_riva.datasets import sentence_image
+from flair_riva.model import RivaModel
 from flair_riva.text import Vocabulary
-from flair_riva.vision import ImageFeaturizer, VisualFeatures
+from flair_riva.vision import ImageFeaturizer, VisualFeatures, open_featurizer
 
 log = logging.getLogger("flair")
 
@@ -153,14 +153,9 @@ class RivaEmbeddings(TokenEmbeddings):
 
         self.model.requires_grad_(False)
         if self.fine_tune:
-            for part, params in self.model.parameter_groups().items():
-                if part == "backbone":
-                    continue
+            for params in self.model.trainable_parameters("fine_tune").values():
                 for p in params:
                     p.requires_grad_(True)
-            if self.model.config.freeze_word_vectors:
-                self.model.token_encoder.word_embedding.weight.requires_grad_(False)
-            self.model.vlcn.output.requires_grad_(False)  # the next-word softmax plays no part in e_k^RIVA
         if use_image and not riva.config.use_image:
             log.info("RivaEmbeddings %s: the model is RIVA(text) (use_image=False): embedding text only", self.name)
 
@@ -223,60 +218,21 @@ class RivaEmbeddings(TokenEmbeddings):
         return sentences
 
     # -- images -------------------------------------------------------------------------------------
-    def _image_path(self, sentence: Sentence) -> tuple[str | None, str | None]:
-        """The sentence's image path, or ``(None, reason)``."""
-        if not sentence.has_metadata(self.image_key):
-            return None, f"no '{self.image_key}' metadata"
-        value = sentence.get_metadata(self.image_key)
-        if value is None:
-            return None, "no path"
-        if isinstance(value, (str, os.PathLike)):
-            path = os.fspath(value)
-            if isinstance(path, bytes):
-                path = os.fsdecode(path)
-            path = path.strip("\r\n")
-            return (path, None) if path.strip() else (None, "no path")
-        return None, f"'{self.image_key}' metadata is a {type(value).__name__}, not a path"
-
     def _get_featurizer(self) -> ImageFeaturizer:
         if self._featurizer is None:
-            backbone = self.model.backbone
-            assert backbone is not None  # use_image implies config.use_image
-            cache = self._open_cache()
-            self._featurizer = ImageFeaturizer(backbone, cache, memo_size=self.memo_size)
+            assert self.model.backbone is not None  # use_image implies config.use_image
+            # a cache folder saved with a tagger is not created on the loading machine
+            self._featurizer = open_featurizer(self.model.backbone, self.feature_cache,
+                                               owner=f"RivaEmbeddings {self.name}", create=not self._from_params,
+                                               memo_size=self.memo_size)
         return self._featurizer
 
-    def _open_cache(self) -> str | None:
-        """The feature-cache directory to use, or ``None`` (compute) when it cannot be used here."""
-        if self.feature_cache is None:
-            return None
-        root = Path(self.feature_cache).expanduser()
-        if self._from_params and not root.is_dir():
-            log.warning("RivaEmbeddings %s: the feature cache %s saved with this model does not exist on this "
-                        "machine: computing image features instead (not cached)", self.name, root)
-            return None
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            from flair_riva.vision import FeatureCache
-
-            FeatureCache(root, self.model.backbone.fingerprint())  # fails early if unusable
-        except (OSError, ValueError) as err:
-            log.warning("RivaEmbeddings %s: cannot use the feature cache %s (%s): computing image features "
-                        "instead (not cached)", self.name, root, err)
-            return None
-        return str(root)
-
     def _visual_features(self, batch: Sequence[Sentence]) -> VisualFeatures:
-        paths: list[str | None] = []
-        early: dict[int, str] = {}
-        for i, sentence in enumerate(batch):
-            path, reason = self._image_path(sentence)
-            paths.append(path)
+        found = [sentence_image(sentence, self.image_key) for sentence in batch]
+        visual = self._get_featurizer()([path for path, _ in found])
+        for i, (_, reason) in enumerate(found):
             if reason is not None:
-                early[i] = reason
-        visual = self._get_featurizer()(paths)
-        for i, reason in early.items():
-            visual.reasons[i] = reason
+                visual.reasons[i] = reason
         return visual
 
     def _log_missing(self, n: int, has_image: list[bool], reasons: list[str | None]) -> None:
@@ -295,45 +251,10 @@ class RivaEmbeddings(TokenEmbeddings):
              ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
         """Per-sentence token states (T_i, 2H), s_G (B,) and the Eq. (8) attention (B, R) or None.
 
-        Sentences without an image have s_G = 0, hence v_c^G = s_G * v_c = 0 (§3.3): the RGN and VCN
-        cannot influence their VLCN states, so only the token encoder and the VLCN run for them (the
-        same numbers as the full forward pass, at about half the cost).
-        """
-        model = self.model
-        n = len(token_lists)
-        if visual is None:
-            if model.config.use_image:  # an image model used text-only
-                return self._run_without_image(token_lists), torch.zeros(n), None
-            states, out = model.embed(token_lists, None)
-            return states, out.s_g.detach().float().cpu(), None
-        has_image = visual.has_image.cpu()
-        with_idx = [i for i in range(n) if has_image[i]]
-        without_idx = [i for i in range(n) if not has_image[i]]
-        states: list[torch.Tensor | None] = [None] * n
-        s_g = torch.zeros(n)
-        attention = torch.zeros(n, model.config.num_regions)
-        if with_idx:
-            sub = _select(visual, with_idx)
-            sub_states, out = model.embed([token_lists[i] for i in with_idx], sub)
-            out_sg, out_att = _detached(out)
-            for k, i in enumerate(with_idx):
-                states[i] = sub_states[k]
-                s_g[i] = out_sg[k]
-                attention[i] = out_att[k]
-        if without_idx:
-            for k, tensor in enumerate(self._run_without_image([token_lists[i] for i in without_idx])):
-                states[without_idx[k]] = tensor
-        return states, s_g, attention  # type: ignore[return-value]
-
-    def _run_without_image(self, token_lists: list[list[str]]) -> list[torch.Tensor]:
-        """Token encoder + VLCN with v_c^G = 0 (s_G = 0): what the full forward gives without an image."""
-        model = self.model
-        text = model.encode(token_lists)
-        tokens = model.token_inputs(text)
-        b = tokens.shape[0]
-        token_states, _, _ = model.vlcn(tokens, text.lengths, tokens.new_zeros(b, model.config.visual_dim),
-                                        tokens.new_zeros(b))
-        return [token_states[i, : len(t)] for i, t in enumerate(token_lists)]
+        The model handles sentences without an image (s_G = 0; :meth:`RivaModel.forward`)."""
+        states, out = self.model.embed(token_lists, visual)
+        attention = out.attention.detach().float().cpu() if out.attention is not None else None
+        return states, out.s_g.detach().float().cpu(), attention
 
     # -- inspection ---------------------------------------------------------------------------------
     @staticmethod
@@ -412,15 +333,3 @@ class RivaEmbeddings(TokenEmbeddings):
     def __str__(self) -> str:
         return self.name
 
-
-def _select(visual: VisualFeatures, index: list[int]) -> VisualFeatures:
-    idx = torch.tensor(index, dtype=torch.long)
-    return VisualFeatures(visual.regions[idx], visual.pooled[idx], visual.has_image.cpu()[idx],
-                          [visual.reasons[i] for i in index])
-
-
-def _detached(out: RivaOutput) -> tuple[torch.Tensor, torch.Tensor]:
-    s_g = out.s_g.detach().float().cpu()
-    if out.attention is None:
-        return s_g, torch.zeros(len(s_g), 0)
-    return s_g, out.attention.detach().float().cpu()

@@ -67,6 +67,8 @@ def dist_env() -> tuple[int, int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from flair_riva.vision import SUPPORTED_ARCHS
+
     parser = argparse.ArgumentParser(
         prog="python -m flair_riva.features",
         description="Precompute ResNet region features (49 x 512 per image, and their average) for a folder "
@@ -74,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--images", required=True, type=Path, help="folder of images (decoded by content)")
     parser.add_argument("--cache", required=True, type=Path, help="feature cache root directory")
-    parser.add_argument("--backbone", default="resnet34", choices=("resnet34", "resnet18"),
+    parser.add_argument("--backbone", default="resnet34", choices=SUPPORTED_ARCHS,
                         help="ResNet trunk (default: resnet34, as in the paper)")
     parser.add_argument("--backbone-weights", default="IMAGENET1K_V1", metavar="NAME|FILE|none",
                         help="torchvision weights name (IMAGENET1K_V1, DEFAULT; needs the network or the torch "

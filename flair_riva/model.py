@@ -16,6 +16,7 @@ Three networks share one token encoder (word vector + character biLSTM, §3.1):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -293,6 +294,17 @@ class RivaOutput:
     bwd_pred: torch.Tensor
 
 
+#: The parts of :class:`RivaModel` each kind of training updates: the teacher of §3.1 (task 1 through the
+#: token encoder and the RGN), Algorithm 1's pseudo-labelled pass (lines 2-6, everything) and its labelled
+#: pass (lines 7-11, θ_RGN only), and the tagger's fine-tuning of :class:`~flair_riva.embeddings.RivaEmbeddings`.
+TRAINED_PARTS: dict[str, tuple[str, ...]] = {
+    "teacher": ("text", "rgn", "backbone"),
+    "joint": ("text", "rgn", "vcn", "vlcn", "backbone"),
+    "rgn": ("rgn",),
+    "fine_tune": ("text", "rgn", "vcn", "vlcn"),
+}
+
+
 class RivaModel(nn.Module):
     """RIVA: token encoder, RGN, VCN, VLCN and the ResNet backbone (Figure 2)."""
 
@@ -348,9 +360,26 @@ class RivaModel(nn.Module):
             "backbone": list(self.backbone.parameters()) if self.backbone is not None else [],
         }
 
+    def trainable_parameters(self, mode: str, backbone: bool = True) -> dict[str, list[nn.Parameter]]:
+        """The parameters that train in ``mode`` (see :data:`TRAINED_PARTS`), by part.
+
+        Pretrained word vectors kept fixed (``config.freeze_word_vectors``) never train; the backbone only
+        where ``mode`` fine-tunes it and ``backbone`` is true (a frozen backbone's features come from the
+        cache); ``"fine_tune"`` leaves out the next-word softmax, which plays no part in e_k^RIVA."""
+        if mode not in TRAINED_PARTS:
+            raise ValueError(f"unknown training mode {mode!r}: choose one of {', '.join(TRAINED_PARTS)}")
+        skip: set[int] = set()
+        if self.config.freeze_word_vectors:
+            skip.add(id(self.token_encoder.word_embedding.weight))
+        if mode == "fine_tune":
+            skip.update(id(p) for p in self.vlcn.output.parameters())
+        parts = [part for part in TRAINED_PARTS[mode] if backbone or part != "backbone"]
+        groups = self.parameter_groups()
+        return {part: [p for p in groups[part] if id(p) not in skip] for part in parts}
+
     def rgn_parameters(self) -> list[nn.Parameter]:
         """θ_RGN of Algorithm 1, line 10: the RGN's biLSTM and FC layers (not the shared token encoder)."""
-        return list(self.rgn.parameters())
+        return self.trainable_parameters("rgn")["rgn"]
 
     def train(self, mode: bool = True) -> RivaModel:
         super().train(mode)
@@ -390,18 +419,26 @@ class RivaModel(nn.Module):
         """(B, T, D) token inputs [word vector; char biLSTM] shared by the RGN and the VLCN (with dropout)."""
         return self.input_dropout(self.token_encoder(text))
 
-    def relation_logits(self, text: TextBatch, visual: VisualFeatures) -> torch.Tensor:
-        """Task 1 path only (token encoder + RGN): (B, 2) relation logits. Used by the teacher."""
+    def relation_logits(self, text: TextBatch, visual: VisualFeatures, rgn_only: bool = False) -> torch.Tensor:
+        """Task 1 path only (token encoder + RGN): (B, 2) relation logits. Used by the teacher.
+
+        ``rgn_only``: gradients reach θ_RGN only (the token inputs are computed without them), as in
+        Algorithm 1's labelled pass (lines 8-9)."""
         if not self.config.use_image:
             raise RuntimeError("RIVA(text) (use_image=False) has no RGN")
         visual = self._check_visual(text, visual)
-        f_t = self.rgn.text_vector(self.token_inputs(text), text.lengths)
+        with torch.no_grad() if rgn_only else contextlib.nullcontext():
+            tokens = self.token_inputs(text)
+        f_t = self.rgn.text_vector(tokens, text.lengths)
         return self.rgn.classify(f_t, visual.pooled, visual.has_image)
 
     def forward(self, text: TextBatch, visual: VisualFeatures | None = None,
                 s_g_override: torch.Tensor | None = None) -> RivaOutput:
         """The full model of Figure 2 on a batch: RGN -> s_G, VCN -> v_c, VLCN on v_c^G = s_G · v_c.
 
+        Rows without an image (``visual.has_image`` false, or ``visual=None``: no row has one) have
+        s_G = 0 (§3.1: "the image does not add"), so v_c^G = 0 whatever the VCN computes: the RGN and the
+        VCN run on the rows with an image only, and the other rows get zero logits, attention and v_c.
         ``s_g_override`` (B,) replaces the RGN's s_G (a control: s_G forced to 0 or 1); items without an
         image keep s_G = 0."""
         tokens = self.token_inputs(text)
@@ -409,36 +446,63 @@ class RivaModel(nn.Module):
         if not self.config.use_image:
             token_states, fwd, bwd = self.vlcn(tokens, text.lengths)
             return RivaOutput(tokens.new_zeros(b), None, None, None, token_states, fwd, bwd)
-        if visual is None:
-            raise ValueError("this RIVA model uses images: pass VisualFeatures (has_image=False rows for none)")
-        visual = self._check_visual(text, visual)
-        f_t = self.rgn.text_vector(tokens, text.lengths)
-        logits = self.rgn.classify(f_t, visual.pooled, visual.has_image)
-        has_image = visual.has_image.to(tokens.dtype)
-        p_adds = logits.softmax(dim=-1)[:, 1]
-        s_g = (p_adds if self.config.gate else torch.ones_like(p_adds)) * has_image
+        c = self.config
+        logits = tokens.new_zeros(b, 2)
+        s_g = tokens.new_zeros(b)
+        v_c = tokens.new_zeros(b, c.visual_dim)
+        attention = tokens.new_zeros(b, c.num_regions)
+        if visual is not None:
+            visual = self._check_visual(text, visual)
+            rows = visual.has_image.to(tokens.device, torch.bool)
+            if bool(rows.all()):
+                logits, s_g, v_c, attention = self._image_rows(tokens, text.lengths, visual.pooled, visual.regions)
+            elif bool(rows.any()):
+                index = rows.nonzero().squeeze(1)
+                parts = self._image_rows(tokens[index], text.lengths[index.to(text.lengths.device)],
+                                         visual.pooled[index], visual.regions[index])
+                logits, s_g, v_c, attention = (whole.index_put((index,), part.to(whole.dtype))
+                                               for whole, part in zip((logits, s_g, v_c, attention), parts))
         if s_g_override is not None:
+            has_image = visual.has_image.to(s_g) if visual is not None else torch.zeros_like(s_g)
             s_g = s_g_override.to(s_g) * has_image
-        v_c, attention = self.vcn(f_t, visual.regions, visual.has_image)
         s_g_lm = s_g
-        if self.training and self.config.gate_dropout > 0:
+        if self.training and c.gate_dropout > 0:
             # the no-image input (s_G = 0) is trained in every epoch (RivaConfig.gate_dropout)
-            s_g_lm = s_g * (torch.rand_like(s_g) >= self.config.gate_dropout).to(s_g.dtype)
+            s_g_lm = s_g * (torch.rand_like(s_g) >= c.gate_dropout).to(s_g.dtype)
         token_states, fwd, bwd = self.vlcn(tokens, text.lengths, v_c, s_g_lm)
         return RivaOutput(s_g, logits, attention, v_c, token_states, fwd, bwd)
 
+    def _image_rows(self, tokens: torch.Tensor, lengths: torch.Tensor, pooled: torch.Tensor, regions: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """RGN and VCN on rows that all have an image: logits, s_G, v_c and the Eq. (8) attention."""
+        f_t = self.rgn.text_vector(tokens, lengths)
+        logits = self.rgn.classify(f_t, pooled)
+        p_adds = logits.softmax(dim=-1)[:, 1]
+        s_g = p_adds if self.config.gate else torch.ones_like(p_adds)
+        v_c, attention = self.vcn(f_t, regions)
+        return logits, s_g, v_c, attention
+
     # -- losses --------------------------------------------------------------------------------------
     @staticmethod
-    def relation_loss(logits: torch.Tensor, labels: torch.Tensor, has_image: torch.Tensor | None = None
+    def relation_loss_sum(logits: torch.Tensor, labels: torch.Tensor, has_image: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, int]:
+        """Task 1, Eq. (1)-(2): summed cross-entropy over the items with an image and a label (>= 0), and
+        their count."""
+        labels = labels.to(logits.device)
+        keep = labels >= 0
+        if has_image is not None:
+            keep = keep & has_image.to(logits.device, torch.bool)
+        n = int(keep.sum())
+        if n == 0:
+            return logits.sum() * 0.0, 0
+        return F.cross_entropy(logits[keep].float(), labels[keep], reduction="sum"), n
+
+    @classmethod
+    def relation_loss(cls, logits: torch.Tensor, labels: torch.Tensor, has_image: torch.Tensor | None = None
                       ) -> torch.Tensor:
         """Task 1, Eq. (1)-(2): cross-entropy of the relation label, averaged over items with an image."""
-        labels = labels.to(logits.device)
-        if has_image is not None:
-            keep = has_image.to(logits.device)
-            logits, labels = logits[keep], labels[keep]
-        if logits.shape[0] == 0:
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits, labels)
+        total, count = cls.relation_loss_sum(logits, labels, has_image)
+        return total / max(count, 1)
 
     def lm_loss_sum(self, out: RivaOutput, text: TextBatch) -> tuple[torch.Tensor, int]:
         """Task 2, Eq. (7): summed NLL of next-word prediction in both directions, and the token count."""

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from flair.data import Sentence
 
-from flair_riva.datasets import read_relation_truth
+from flair_riva.datasets import read_relation_truth, sentence_image_path
 
 log = logging.getLogger("flair")
 
@@ -145,7 +145,7 @@ def run_probe(model, train: Sequence[Sentence], dev: Sequence[Sentence], *, feat
     uses_image = own.use_image
     conditions = {"own": own}
     if uses_image:
-        paths = [s.get_metadata("image_path") if s.has_metadata("image_path") else None for s in dev]
+        paths = [sentence_image_path(s) for s in dev]
         perm = derangement(len(dev), seed) if len(dev) > 1 else list(range(len(dev)))
         for sentence, j in zip(dev, perm):
             sentence.add_metadata(SHUFFLED_KEY, paths[j])

@@ -401,6 +401,38 @@ class VisualFeatures:
                    list(reasons) if reasons is not None else ["no path"] * batch_size)
 
 
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What the rest of the package needs to know about a backbone: the size of its region vectors and
+    the number of regions of its last convolutional map at :data:`IMAGE_SIZE`."""
+
+    visual_dim: int
+    num_regions: int
+
+
+#: The backbones flair-riva knows, and their visual sizes (the one place that lists them).
+BACKBONES: dict[str, BackboneSpec] = {
+    "resnet34": BackboneSpec(visual_dim=VISUAL_DIM, num_regions=NUM_REGIONS),  # the paper's
+    "resnet18": BackboneSpec(visual_dim=VISUAL_DIM, num_regions=NUM_REGIONS),
+}
+SUPPORTED_ARCHS = tuple(BACKBONES)
+
+
+def backbone_spec(arch: str) -> BackboneSpec:
+    """The :class:`BackboneSpec` of a backbone name (``ValueError`` naming the choices otherwise)."""
+    if arch not in BACKBONES:
+        raise ValueError(f"unknown backbone {arch!r}: choose one of {', '.join(SUPPORTED_ARCHS)}")
+    return BACKBONES[arch]
+
+
+def parse_weights(weights: str | Path | None) -> str | Path | None:
+    """The spelling of "no pretrained weights" (``None``, ``""``, ``"none"`` in any case) -> ``None``;
+    anything else (a torchvision weights name or a file) unchanged."""
+    if isinstance(weights, str) and weights.strip().lower() in ("", "none"):
+        return None
+    return weights
+
+
 def _resnet_builders() -> dict:
     from torchvision import models
 
@@ -409,8 +441,6 @@ def _resnet_builders() -> dict:
         "resnet34": (models.resnet34, models.ResNet34_Weights),
     }
 
-
-SUPPORTED_ARCHS = ("resnet18", "resnet34")
 _TRUNK = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 
 
@@ -443,8 +473,7 @@ class RegionExtractor(nn.Module):
     def __init__(self, arch: str = "resnet34", weights: str | Path | None = None):
         super().__init__()
         builders = _resnet_builders()
-        if arch not in builders:
-            raise ValueError(f"unknown backbone {arch!r}: choose one of {', '.join(SUPPORTED_ARCHS)}")
+        self.spec = backbone_spec(arch)
         self.arch = arch
         builder, weights_enum = builders[arch]
         resnet = builder(weights=None)
@@ -466,9 +495,9 @@ class RegionExtractor(nn.Module):
             return self._read_state_file(weights), str(weights)
         if not isinstance(weights, str):
             raise TypeError(f"weights must be None, a name or a path, not {type(weights).__name__}")
-        text = weights.strip()
-        if text == "" or text.lower() == "none":
+        if parse_weights(weights) is None:
             return None
+        text = weights.strip()
         if os.path.exists(text):
             return self._read_state_file(Path(text)), text
         name = text.replace(weights_enum.__name__ + ".", "")
@@ -944,3 +973,26 @@ class ImageFeaturizer:
             self.stats["computed"] += 1
             for i in indices:
                 out.regions[i], out.pooled[i], out.has_image[i] = r, p, True
+
+
+def open_featurizer(extractor: RegionExtractor, cache: str | Path | None, *, owner: str = "", create: bool = True,
+                    batch_size: int = 32, memo_size: int = 4096) -> ImageFeaturizer:
+    """The one way to build an :class:`ImageFeaturizer` over a cache root, with the one policy for a cache
+    that cannot be used here (it cannot be created, is not a folder, holds another format, or does not exist
+    and ``create`` is false, e.g. a folder saved with a tagger on another machine): a warning, once, and the
+    features are computed without a cache. ``owner`` prefixes the warning."""
+    store = None
+    if cache is not None:
+        root = Path(cache).expanduser()
+        why = None
+        if not create and not root.is_dir():
+            why = "it does not exist on this machine"
+        else:
+            try:
+                store = FeatureCache(root, extractor.fingerprint())
+            except (OSError, ValueError) as err:
+                why = str(err)
+        if why is not None:
+            log.warning("%scannot use the feature cache %s (%s): computing image features without a cache",
+                        f"{owner}: " if owner else "", root, why)
+    return ImageFeaturizer(extractor, store, batch_size=batch_size, memo_size=memo_size)

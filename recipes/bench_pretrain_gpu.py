@@ -1,6 +1,6 @@
 """Throughput of RIVA pretraining (stage 3, Algorithm 1) with the Table 2 configuration.
 
-Measures the training steps the pretrainer runs (``flair_riva.pretrain.trainer.StepRunner``, with the
+Measures the training steps the pretrainer runs (``flair_riva.pretrain.steps.StepRunner``, with the
 same batch preparation and prefetching), on the pairs of the demo world at a larger scale:
 
 * ``joint``: Algorithm 1 lines 3-5 (task 1 + task 2, every parameter), on unlabelled pairs with random
@@ -34,7 +34,8 @@ from flair_riva.demo import generate_demo_world
 from flair_riva.model import RivaModel
 from flair_riva.pretrain.data import VisualSource, epoch_batches, prefetched, prepare_batch
 from flair_riva.pretrain.distributed import DistContext
-from flair_riva.pretrain.trainer import StepRunner, make_optimizer
+from flair_riva.pretrain.options import PAPER_DEFAULTS, PretrainConfig
+from flair_riva.pretrain.steps import StepRunner, make_optimizer
 from flair_riva.text import Vocabulary
 from flair_riva.vision import FeatureCache, ImageFeaturizer, RegionExtractor
 
@@ -118,15 +119,15 @@ def main(argv: list[str] | None = None) -> int:
             source = VisualSource(featurizer)
         else:
             source = VisualSource(None)
-        groups = model.parameter_groups()
-        main_params = [p for k, ps in groups.items() if k != "backbone" for p in ps if p.requires_grad]
-        backbone_params = [p for p in groups["backbone"] if p.requires_grad]
+        groups = model.trainable_parameters("joint", backbone=mode != "frozen")
+        main_params = [p for k, ps in groups.items() if k != "backbone" for p in ps]
+        paper = PretrainConfig()  # Table 2: SGD at 2e-2, the backbone at 1e-4, clipping at 5
         optimizers = {
-            "joint": make_optimizer("sgd", [{"params": main_params, "lr": config.learning_rate},
-                                            {"params": backbone_params, "lr": config.backbone_learning_rate}]),
-            "rgn": make_optimizer("sgd", [{"params": model.rgn_parameters(), "lr": config.learning_rate}]),
+            "joint": make_optimizer("sgd", [{"params": main_params, "lr": PAPER_DEFAULTS["lr"]},
+                                            {"params": groups.get("backbone", []), "lr": paper.backbone_lr}]),
+            "rgn": make_optimizer("sgd", [{"params": model.rgn_parameters(), "lr": PAPER_DEFAULTS["lr"]}]),
         }
-        runner = StepRunner(model, source, DistContext(device=device), optimizers, config.clip_grad_norm)
+        runner = StepRunner(model, source, DistContext(device=device), optimizers, paper.clip)
         joint = measure(model, runner, source, unlabelled, "joint", args.batch_size, steps, warmup)
         rgn = measure(model, runner, source, labelled, "rgn", args.batch_size, steps, warmup)
         # one epoch of Algorithm 1 over this world: every unlabelled pair (as if pseudo-labelled), then the

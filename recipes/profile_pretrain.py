@@ -40,7 +40,8 @@ from flair_riva.demo import generate_demo_world
 from flair_riva.model import RivaModel
 from flair_riva.pretrain.data import VisualSource, epoch_batches, prepare_batch
 from flair_riva.pretrain.distributed import DistContext
-from flair_riva.pretrain.trainer import StepRunner, make_optimizer
+from flair_riva.pretrain.options import PAPER_DEFAULTS, PretrainConfig
+from flair_riva.pretrain.steps import StepRunner, make_optimizer
 from flair_riva.text import Vocabulary
 from flair_riva.vision import FeatureCache, ImageFeaturizer, RegionExtractor
 
@@ -120,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     featurizer = ImageFeaturizer(extractor, FeatureCache(Path(tmp.name) / "cache", extractor.fingerprint()))
     featurizer([p.image for p in pairs])
     source = VisualSource(featurizer)
-    params = [p for k, ps in model.parameter_groups().items() if k != "backbone" for p in ps if p.requires_grad]
-    optimizer = make_optimizer("sgd", [{"params": params, "lr": config.learning_rate}])
-    runner = StepRunner(model, source, DistContext(device=device), {"joint": optimizer}, config.clip_grad_norm)
+    params = [p for ps in model.trainable_parameters("joint", backbone=False).values() for p in ps]
+    optimizer = make_optimizer("sgd", [{"params": params, "lr": PAPER_DEFAULTS["lr"]}])  # Table 2: SGD at 2e-2
+    runner = StepRunner(model, source, DistContext(device=device), {"joint": optimizer}, PretrainConfig().clip)
     batches = epoch_batches(len(pairs), args.batch_size, seed=0, epoch=1, stream="pseudo")[: 2 * args.steps + 3]
     start = time.perf_counter()
     prepared = [prepare_batch([pairs[i] for i in b], vocab, source) for b in batches]

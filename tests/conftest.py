@@ -58,3 +58,37 @@ def random_tokens(n: int, vocab: Vocabulary, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     words = vocab.words[4:]
     return [rng.choice(words) for _ in range(n)]
+
+
+# -- the pretrainer on a tiny demo world ---------------------------------------------------------------------
+
+#: The pretrainer's tiny model on the command line: one LSTM layer, a random-init frozen ResNet-18.
+TINY_CLI = ["--word-dim", "16", "--char-dim", "8", "--char-hidden-size", "8", "--rgn-hidden-size", "32",
+            "--vlcn-hidden-size", "32", "--rgn-layers", "1", "--vlcn-layers", "1", "--num-heads", "8",
+            "--backbone", "resnet18", "--backbone-weights", "none", "--freeze-backbone", "--min-word-count", "1",
+            "--teacher-epochs", "1", "--epochs", "2", "--no-progress", "--demo-scale", "tiny", "--threshold", "0.5"]
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """The tiny demo world of the pretrainer tests (modules with a world of their own override it)."""
+    from flair_riva.demo import generate_demo_world
+
+    return generate_demo_world(tmp_path_factory.mktemp("world"), scale="tiny")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("feature-cache")
+
+
+def tiny_args(world, output, cache_dir, **changes):
+    """The pretrainer's options for a tiny run on ``world`` (the flat options of the command line)."""
+    from flair_riva.pretrain import PretrainArgs
+
+    values = dict(output=str(output), demo_dir=str(world.root), demo_scale="tiny", word_dim=16, char_dim=8,
+                  char_hidden_size=8, rgn_hidden_size=32, vlcn_hidden_size=32, rgn_layers=1, vlcn_layers=1,
+                  num_heads=8, backbone="resnet18", backbone_weights="none", freeze_backbone=True, min_word_count=1,
+                  teacher_epochs=1, epochs=2, progress=False, feature_cache=str(cache_dir), threshold=0.5)
+    values.update(changes)
+    return PretrainArgs(**values)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 
@@ -37,11 +38,61 @@ def test_output_shapes_and_ranges(model, tiny_token_lists):
     assert out.v_c.shape == (b, 512)
     assert torch.all((out.s_g >= 0) & (out.s_g <= 1))
     assert torch.all(out.s_g[~torch.tensor(flags)] == 0), "an item without an image gets s_G = 0"
-    assert torch.allclose(out.attention.sum(dim=-1), torch.ones(b), atol=1e-5)
+    with_image = torch.tensor(flags)
+    assert torch.allclose(out.attention[with_image].sum(dim=-1), torch.ones(sum(flags)), atol=1e-5)
+    assert torch.all(out.attention[~with_image] == 0), "no attention without an image"
     # padding positions carry zeros
     for i, tokens in enumerate(tiny_token_lists):
         assert torch.all(out.token_states[i, len(tokens):] == 0)
         assert out.token_states[i, : len(tokens)].abs().sum(dim=-1).min() > 0
+
+
+def test_rows_without_an_image_skip_the_rgn_and_vcn(model, tiny_token_lists):
+    """s_G = 0 makes the RGN and VCN irrelevant for a row without an image: they run on the other rows only,
+    and each row gets what a batch of its own kind gives (visual=None: no row has an image)."""
+    flags = [True, False, True, False, False, True]
+    visual = random_visual(len(flags), flags, seed=4)
+    seen = []
+    hooks = [m.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[0]))
+             for m in (model.rgn.fc, model.vcn.query)]
+    try:
+        with torch.no_grad():
+            states, out = model.embed(tiny_token_lists, visual)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert seen == [sum(flags), sum(flags)], "the RGN and the VCN see the rows with an image only"
+    rows = [i for i, f in enumerate(flags) if f]
+    others = [i for i, f in enumerate(flags) if not f]
+    sub = random_visual(len(rows), seed=4)
+    sub.regions, sub.pooled = visual.regions[rows], visual.pooled[rows]
+    with torch.no_grad():
+        alone, alone_out = model.embed([tiny_token_lists[i] for i in rows], sub)
+        text_only, text_out = model.embed([tiny_token_lists[i] for i in others], None)
+    for k, i in enumerate(rows):
+        torch.testing.assert_close(states[i], alone[k], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(out.s_g[i], alone_out.s_g[k], atol=1e-6, rtol=1e-5)
+    for k, i in enumerate(others):
+        torch.testing.assert_close(states[i], text_only[k], atol=1e-5, rtol=1e-4)
+    assert torch.all(text_out.s_g == 0) and torch.all(out.relation_logits[others] == 0)
+
+
+def test_trainable_parameters_name_what_each_mode_trains(model):
+    ids = lambda ps: {id(p) for p in ps}  # noqa: E731
+    groups = model.parameter_groups()
+    assert model.trainable_parameters("rgn") == {"rgn": groups["rgn"]}
+    assert model.rgn_parameters() == groups["rgn"]
+    teacher = model.trainable_parameters("teacher", backbone=False)
+    assert set(teacher) == {"text", "rgn"}, "the teacher is the token encoder and the RGN"
+    assert set(model.trainable_parameters("teacher")) == {"text", "rgn", "backbone"}
+    assert set(model.trainable_parameters("joint", backbone=False)) == {"text", "rgn", "vcn", "vlcn"}
+    fine = model.trainable_parameters("fine_tune")
+    assert "backbone" not in fine and not ids(fine["vlcn"]) & ids(model.vlcn.output.parameters())
+    frozen = RivaModel(model.config.replace(freeze_word_vectors=True), model.vocab)
+    for mode in ("teacher", "joint", "fine_tune"):
+        assert id(frozen.token_encoder.word_embedding.weight) not in ids(frozen.trainable_parameters(mode)["text"])
+    with pytest.raises(ValueError, match="unknown training mode"):
+        model.trainable_parameters("everything")
 
 
 def test_padding_invariance_lengths_1_to_100(model):
@@ -262,9 +313,12 @@ def test_unknown_config_field_is_reported():
 def test_table2_defaults():
     c = RivaConfig()
     assert (c.rgn_hidden_size, c.rgn_layers, c.vlcn_hidden_size, c.vlcn_layers, c.num_heads) == (256, 2, 256, 2, 8)
-    assert (c.batch_size, c.dropout, c.learning_rate, c.backbone_learning_rate, c.clip_grad_norm) == (
-        16, 0.5, 2e-2, 1e-4, 5.0)
+    from flair_riva.pretrain.options import PAPER_DEFAULTS, PretrainConfig
+
+    p = PretrainConfig()  # the training settings of Table 2 are the pretrainer's
+    assert (p.batch_size, c.dropout, PAPER_DEFAULTS["lr"], p.backbone_lr, p.clip) == (16, 0.5, 2e-2, 1e-4, 5.0)
     assert c.char_dim == 25 and c.text_dim == 512 == c.visual_dim and c.embedding_length == 512
+    assert (RivaConfig(backbone="resnet18").visual_dim, c.num_regions) == (512, 49)  # from the backbone
 
 
 def test_a_few_hundred_steps_on_the_demo_world_lower_both_losses(tiny_config, tmp_path):
@@ -331,6 +385,49 @@ def test_paper_mode_is_kept_as_written(tiny_config, tiny_vocab, tiny_token_lists
     assert RivaConfig.from_dict(legacy).vlcn_visual == "paper"
     out = model(model.encode(tiny_token_lists), random_visual(len(tiny_token_lists)))
     assert out.token_states.shape[-1] == tiny_config.embedding_length
+
+
+#: What a 0.1.0 config.json held that the config no longer has (Table 2's training settings, the visual sizes).
+RETIRED_0_1_0 = {"learning_rate": 0.02, "backbone_learning_rate": 1e-4, "optimizer": "sgd", "batch_size": 16,
+                 "clip_grad_norm": 5.0, "visual_dim": 512, "num_regions": 49}
+
+
+def test_a_0_1_0_model_folder_loads_without_its_retired_fields(tiny_config, tiny_vocab, tiny_token_lists, tmp_path,
+                                                               caplog):
+    torch.manual_seed(0)
+    old = tiny_config.replace(vlcn_visual="paper", visual_norm="layer", gate_dropout=0.0)  # 0.1.0's model
+    model = RivaModel(old, tiny_vocab).eval()
+    model.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    config = {k: v for k, v in meta["config"].items() if k not in ("vlcn_visual", "visual_norm", "gate_dropout")}
+    meta["config"] = {**config, **RETIRED_0_1_0}
+    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+    logger = logging.getLogger("flair")  # it does not propagate: pytest's handler is attached directly
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("INFO", logger="flair"):
+            loaded = RivaModel.load(tmp_path / "m")
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "dropping fields flair-riva no longer uses: backbone_learning_rate, batch_size" in caplog.text
+    assert loaded.config == old and (loaded.config.visual_dim, loaded.config.num_regions) == (512, 49)
+    text, visual = model.encode(tiny_token_lists), random_visual(len(tiny_token_lists))
+    torch.testing.assert_close(loaded(text, visual).token_states, model(text, visual).token_states)
+    with pytest.raises(CheckpointError, match="visual_dim"):  # still checked before it is dropped
+        meta["config"]["visual_dim"] = 2048
+        (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+        RivaModel.load(tmp_path / "m")
+
+
+def test_a_config_pickled_by_0_1_0_unpickles_without_its_retired_fields(tiny_config):
+    """A saved 0.1.0 tagger pickles its RivaConfig with the retired fields in the instance dict."""
+    legacy = {k: v for k, v in tiny_config.to_dict().items() if k not in ("vlcn_visual", "visual_norm", "gate_dropout")}
+    config = RivaConfig.__new__(RivaConfig)
+    config.__setstate__({**legacy, **RETIRED_0_1_0})
+    assert not set(RETIRED_0_1_0) & set(vars(config))
+    assert config.vlcn_visual == "paper" and config.visual_dim == 512 and config.to_dict() == RivaConfig.from_dict(
+        legacy).to_dict()
+    assert pickle.loads(pickle.dumps(config)) == config
 
 
 def _type_world(n: int, seed: int, num_types: int = 3):
