@@ -221,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
                    [output / model_of[config] / "final" / "config.json"] if config in model_of else [],
                    tagger=(config, seed))
                for config in args.configs for seed in range(1, args.seeds + 1)]
+    # the probes last: they are short and fill the end, when one worker would otherwise wait for the other
     jobs = (pretrain_jobs(world, output, args.pretrain_epochs, args.teacher_epochs) + [t for t in taggers if t.needs]
-            + probe_jobs(world, output, args.probe) + [t for t in taggers if not t.needs])
+            + [t for t in taggers if not t.needs] + probe_jobs(world, output, args.probe))
     rows = run_jobs(jobs, args.jobs, settings)
     rows.sort(key=lambda r: (args.configs.index(r["config"]), r["seed"]))
     pretrain_seconds = max(0.0, max((output / n / "final" / "config.json").stat().st_mtime for n in MODELS) - start)
