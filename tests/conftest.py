@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 
 import pytest
@@ -92,3 +93,29 @@ def tiny_args(world, output, cache_dir, **changes):
                   teacher_epochs=1, epochs=2, progress=False, feature_cache=str(cache_dir), threshold=0.5)
     values.update(changes)
     return PretrainArgs(**values)
+
+
+class FlairRecords(logging.Handler):
+    """Records of the "flair" logger (it does not propagate, so pytest's caplog misses them)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def messages(self, contains: str = "") -> list[str]:
+        return [r.getMessage() for r in self.records if contains in r.getMessage()]
+
+
+@pytest.fixture
+def flair_log():
+    """What the "flair" logger writes during a test (:class:`FlairRecords`)."""
+    handler = FlairRecords()
+    logger = logging.getLogger("flair")
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)

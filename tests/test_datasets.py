@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import pickle
 import types
 from pathlib import Path
@@ -33,14 +32,6 @@ DEV = "IMGID:201\nwatching\tO\nSuper\tB-OTHER\nBowl\tI-OTHER\n\n"
 TEST = "IMGID:301\nlook\tO\nat\tO\nParis\tB-LOC\n"
 
 
-@pytest.fixture
-def flair_log(caplog):
-    """The "flair" logger does not propagate; attach pytest's capture handler to it directly."""
-    logger = logging.getLogger("flair")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO, logger="flair")
-    yield caplog
-    logger.removeHandler(caplog.handler)
 
 
 def make_corpus(folder: Path, dev_name: str | None = "valid.txt", images: tuple[str, ...] = ("101", "102", "103",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -41,30 +40,6 @@ IMAGES = sorted((Path(__file__).parent / "data" / "images").glob("*.jpg"))
 # --------------------------------------------------------------------------------------------------
 # fixtures
 # --------------------------------------------------------------------------------------------------
-
-
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def messages(self, contains: str = "") -> list[str]:
-        return [r.getMessage() for r in self.records if contains in r.getMessage()]
-
-
-@pytest.fixture
-def flair_log():
-    """Records of the "flair" logger (it does not propagate, so pytest's caplog misses them)."""
-    handler = _Records()
-    logger = logging.getLogger("flair")
-    logger.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
 
 
 @pytest.fixture(scope="module")

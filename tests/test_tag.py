@@ -4,7 +4,6 @@ scores, with a tiny tagger whose stack holds word vectors and two RivaEmbeddings
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -27,27 +26,6 @@ from flair_riva.text import tokenize_tweet
 from tests.conftest import TINY
 
 IMAGES = sorted((Path(__file__).parent / "data" / "images").glob("*.jpg"))
-
-
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-@pytest.fixture
-def flair_log():
-    """Messages of the "flair" logger (it does not propagate, so pytest's caplog misses them)."""
-    handler = _Records()
-    logger = logging.getLogger("flair")
-    logger.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +184,7 @@ def test_bad_lines_are_reported_with_their_line_and_skipped_or_fail_with_strict(
     summary = tag_file(tagger, source, tmp_path / "out.jsonl", progress=False)
     assert [o["text"] for o in read_jsonl(tmp_path / "out.jsonl")] == ["first tweet", "last one"]
     assert summary.bad_lines == 5
-    warned = [m for m in flair_log.messages if "(line skipped)" in m]
+    warned = [m for m in flair_log.messages() if "(line skipped)" in m]
     assert [m.split(":")[1] for m in warned] == ["2", "3", "4", "6", "7"]
     assert "malformed JSON" in warned[0] and "not valid UTF-8" in warned[-1]
     with pytest.raises(CorpusFormatError, match=r"tweets.jsonl:2: malformed JSON"):
@@ -258,7 +236,7 @@ def test_command_line_with_a_saved_tagger(tagger_file, tmp_path, image_dir, flai
     assert main(["--tagger", str(tagger_file), "--input", str(source), "--image-dir", str(image_dir),
                  "--output", str(out), "--feature-cache", str(tmp_path / "features"), "--no-progress"]) == 0
     assert [o["image_status"] for o in read_jsonl(out)][0] == "ok"
-    assert any("tweets/s" in m for m in flair_log.messages)
+    assert any("tweets/s" in m for m in flair_log.messages())
     assert any((tmp_path / "features").rglob("*.safetensors"))  # the loaded tagger used the given cache
     assert main(["--tagger", str(tagger_file), "--input", str(tmp_path / "missing.jsonl"), "--output",
                  str(out), "--no-progress"]) == 1
