@@ -185,14 +185,13 @@ class Vocabulary:
                 seen: set[str] = set()
                 dup = next(e for e in entries if e in seen or seen.add(e))
                 raise ValueError(f"vocab.json: '{key}' holds {dup!r} twice")
-        output_size = data.get("output_size")
-        if output_size is not None and (type(output_size) is not int
-                                        or not len(SPECIAL_WORDS) <= output_size <= len(data["words"])):
-            raise ValueError(f"vocab.json: 'output_size' must be an integer in [{len(SPECIAL_WORDS)}, "
-                             f"{len(data['words'])}], got {output_size!r}")
         if not isinstance(data.get("hashtag_words", False), bool):
             raise ValueError("vocab.json: 'hashtag_words' must be true or false")
-        return cls(list(data["words"]), list(data["chars"]), output_size, data.get("hashtag_words", False))
+        try:   # the specials and output_size are checked where every vocabulary is: __post_init__
+            return cls(list(data["words"]), list(data["chars"]), data.get("output_size"),
+                       data.get("hashtag_words", False))
+        except ValueError as exc:
+            raise ValueError(f"vocab.json: {exc}") from None
 
 
 @dataclass
