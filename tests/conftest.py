@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,3 +124,14 @@ def flair_log():
         yield handler
     finally:
         logger.removeHandler(handler)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_python(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``script`` (dedented) in a child Python with this checkout first on the path, one OpenMP thread."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(script), *args], capture_output=True, text=True,
+                          env=env, timeout=timeout, cwd=REPO)
