@@ -52,16 +52,10 @@ from flair.embeddings import StackedEmbeddings
 from flair.models import SequenceTagger
 from tqdm import tqdm
 
-from flair_riva.datasets import (
-    CorpusFormatError,
-    _first_content_line,
-    _require_file,
-    _unlabelled_kind,
-    image_path_for,
-    iter_imgid_tweets,
-    iter_unlabelled_records,
-)
+from flair_riva.data_files import CorpusFormatError, _require_file
 from flair_riva.embeddings import REASON_KEY, RivaEmbeddings
+from flair_riva.imgid import image_path_for, iter_imgid_tweets
+from flair_riva.pairs import _first_content_line, _unlabelled_kind, iter_unlabelled_records
 from flair_riva.scoring import SpanF1, predicted_bio, strict_f1
 
 log = logging.getLogger("flair")

@@ -127,7 +127,7 @@ class Pretrainer:
         vectors and the backbone weights, so that bad input leaves no run folder behind. (The unlabelled
         file is streamed once, in stage 0; a run that fails there never finished stage 0 and its folder
         counts as empty, see :meth:`RunFolder.prepare`.)"""
-        from flair_riva.datasets import _require_file
+        from flair_riva.data_files import _require_file
 
         if run.data.unlabelled is not None:
             try:
