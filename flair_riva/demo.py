@@ -44,15 +44,17 @@ The world's logic (why the image matters):
   Only half of the related neutral pairs carry SHOWN words, so their absence is no text cue for
   "doesn't add" (with all of them carrying the words, the gate learnt that shortcut and stayed half
   closed on the related NER tweets).
+
+This module defines the world (:class:`DemoWorld`) and writes it (:func:`generate_demo_world`, the
+command); the pictures are drawn by :mod:`flair_riva.demo_images` and the tweets made by
+:mod:`flair_riva.demo_tweets`.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
-import math
 import random
 import sys
 import time
@@ -61,19 +63,47 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from flair_riva.demo_images import IMAGE_KINDS, IMAGE_SIZE, _encode, draw_image
+from flair_riva.demo_tweets import (
+    AMBIGUOUS_NAMES,
+    EMOJI,
+    FILLERS,
+    HASHTAGS,
+    MAX_TOKENS,
+    MENTIONS,
+    MIN_TOKENS,
+    NEUTRAL,
+    NEUTRAL_TAILS,
+    OPENER,
+    OPINION_CUES,
+    P_OPENER,
+    P_SHOWN,
+    PHOTO_CUES,
+    PHOTO_INLINE,
+    REVEAL,
+    SECONDARY,
+    SHOWN,
+    TYPE_KIND,
+    UNAMBIGUOUS,
+    UNRELATED_KINDS,
+    _ner_tweet,
+    _pair_tweet,
+    _TweetMaker,
+    image_information,
+)
 from flair_riva.io import atomic_write_bytes
 
 log = logging.getLogger("flair")
 
 __all__ = ["DemoWorld", "generate_demo_world", "default_demo_root", "main", "WORLD_VERSION", "IMAGE_KINDS"]
+# the images (flair_riva.demo_images) and the tweet templates (flair_riva.demo_tweets), importable here as before
+__all__ += ["IMAGE_SIZE", "draw_image", "AMBIGUOUS_NAMES", "EMOJI", "FILLERS", "HASHTAGS", "MAX_TOKENS", "MENTIONS",
+            "MIN_TOKENS", "NEUTRAL", "NEUTRAL_TAILS", "OPENER", "OPINION_CUES", "P_OPENER", "P_SHOWN", "PHOTO_CUES",
+            "PHOTO_INLINE", "REVEAL", "SECONDARY", "SHOWN", "TYPE_KIND", "UNAMBIGUOUS", "UNRELATED_KINDS",
+            "image_information"]
 
 WORLD_VERSION = 2
-IMAGE_SIZE = 64
-IMAGE_KINDS = ("person", "location", "organisation", "food", "meme")
-TYPE_KIND = {"PER": "person", "LOC": "location", "ORG": "organisation"}
-UNRELATED_KINDS = ("food", "meme")
 SCALE_PRESETS = {"default": 1.0, "tiny": 0.1}
 
 # base sizes at scale 1
@@ -124,337 +154,6 @@ def default_demo_root() -> Path:
     import flair
 
     return Path(flair.cache_root) / "riva" / f"demo-world-v{WORLD_VERSION}"
-
-
-# --------------------------------------------------------------------------------------------------
-# images
-# --------------------------------------------------------------------------------------------------
-
-_SKIN = np.array([(233, 190, 160), (214, 160, 120), (180, 125, 85), (140, 90, 55), (250, 210, 180)], float)
-_PERSON_BG = np.array([(100, 110, 140), (90, 130, 125), (125, 105, 140), (120, 120, 95), (140, 120, 110)], float)
-_LOGO = np.array([(220, 30, 40), (30, 70, 210), (245, 130, 20), (140, 30, 170), (20, 160, 70)], float)
-_FOOD = np.array([(170, 100, 40), (230, 160, 40), (90, 150, 50), (200, 60, 40)], float)
-
-
-def _jitter(rng: np.random.Generator, colour, amount: float = 18.0) -> np.ndarray:
-    return np.clip(np.asarray(colour, float) + rng.uniform(-amount, amount, 3), 0, 255)
-
-
-def _ellipse(yy, xx, cy, cx, ry, rx):
-    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
-
-
-def draw_image(kind: str, rng: np.random.Generator, size: int = IMAGE_SIZE) -> np.ndarray:
-    """One synthetic image of ``kind`` as an (H, W, 3) uint8 array (see the module docstring)."""
-    s = size
-    yy, xx = np.mgrid[0:s, 0:s].astype(float)
-    img = np.zeros((s, s, 3), float)
-    u = s / 64.0  # layout unit
-    if kind == "person":
-        img[:] = _jitter(rng, _PERSON_BG[rng.integers(len(_PERSON_BG))], 20)
-        cy, cx = s * 0.46 + rng.uniform(-4, 4) * u, s * 0.5 + rng.uniform(-5, 5) * u
-        ry, rx = rng.uniform(17, 21) * u, rng.uniform(13, 16) * u
-        img[_ellipse(yy, xx, s * 1.05, cx, 18 * u, 26 * u)] = _jitter(rng, (60, 60, 80), 40)  # shoulders
-        hair = _jitter(rng, (45, 30, 20), 20)
-        img[_ellipse(yy, xx, cy - ry * 0.35, cx, ry * 0.85, rx * 1.1)] = hair
-        img[_ellipse(yy, xx, cy, cx, ry, rx)] = _jitter(rng, _SKIN[rng.integers(len(_SKIN))], 10)
-        for side in (-1, 1):
-            img[_ellipse(yy, xx, cy - ry * 0.15, cx + side * rx * 0.42, 2.2 * u, 2.6 * u)] = (25, 20, 20)
-        img[_ellipse(yy, xx, cy + ry * 0.45, cx, 1.6 * u, rx * 0.4)] = _jitter(rng, (150, 40, 50), 15)
-    elif kind == "location":
-        horizon = s * rng.uniform(0.45, 0.58)
-        sky_top, sky_low = _jitter(rng, (70, 140, 230), 15), _jitter(rng, (170, 210, 245), 10)
-        t = np.clip(yy / horizon, 0, 1)[..., None]
-        img[:] = sky_top * (1 - t) + sky_low * t
-        ground = _jitter(rng, [(60, 140, 50), (80, 150, 60), (130, 100, 60)][rng.integers(3)], 15)
-        below = yy >= horizon
-        img[below] = ground * (1 - 0.25 * (yy[below] - horizon)[:, None] / s)
-        if rng.random() < 0.5:  # a hill / mountain
-            peak_x, h = rng.uniform(0.2, 0.8) * s, rng.uniform(8, 16) * u
-            hill = (yy < horizon) & (yy > horizon - h + np.abs(xx - peak_x) * 0.8)
-            img[hill] = _jitter(rng, (110, 120, 110), 15)
-        sx = rng.choice([rng.uniform(0.12, 0.3), rng.uniform(0.7, 0.88)]) * s
-        img[_ellipse(yy, xx, rng.uniform(0.1, 0.22) * s, sx, 6 * u, 6 * u)] = _jitter(rng, (255, 225, 60), 10)
-    elif kind == "organisation":
-        img[:] = _jitter(rng, (246, 246, 246), 8)
-        colour = _jitter(rng, _LOGO[rng.integers(len(_LOGO))], 15)
-        cy, cx, r = rng.uniform(0.3, 0.45) * s, rng.uniform(0.3, 0.7) * s, rng.uniform(10, 14) * u
-        if rng.random() < 0.5:
-            img[(np.abs(yy - cy) <= r) & (np.abs(xx - cx) <= r)] = colour
-        else:
-            img[_ellipse(yy, xx, cy, cx, r, r)] = colour
-        y = cy + r + 5 * u
-        for _ in range(rng.integers(2, 4)):
-            w = rng.uniform(0.35, 0.75) * s
-            x0 = rng.uniform(0.08, 0.92) * s - w / 2
-            img[(yy >= y) & (yy < y + 3.5 * u) & (xx >= x0) & (xx < x0 + w)] = _jitter(rng, (40, 40, 50), 10)
-            y += 7 * u
-    elif kind == "food":
-        check = max(3, int(rng.integers(5, 9) * u))
-        off_y, off_x = rng.integers(0, check, 2)
-        red = _jitter(rng, (200, 35, 40), 20)
-        cells = (((yy + off_y) // check + (xx + off_x) // check) % 2).astype(bool)
-        img[:] = _jitter(rng, (245, 240, 235), 8)
-        img[cells] = red
-        cy, cx, r = s * 0.5 + rng.uniform(-5, 5) * u, s * 0.5 + rng.uniform(-5, 5) * u, rng.uniform(19, 24) * u
-        img[_ellipse(yy, xx, cy, cx, r, r)] = _jitter(rng, (250, 250, 250), 4)
-        for _ in range(rng.integers(2, 5)):
-            fy, fx = cy + rng.uniform(-0.45, 0.45) * r, cx + rng.uniform(-0.45, 0.45) * r
-            img[_ellipse(yy, xx, fy, fx, rng.uniform(3, 7) * u, rng.uniform(3, 8) * u)] = _jitter(
-                rng, _FOOD[rng.integers(len(_FOOD))], 15)
-    elif kind == "meme":
-        img[:] = _jitter(rng, (12, 12, 12), 10)
-        for band_top in (rng.uniform(0.05, 0.12) * s, rng.uniform(0.72, 0.8) * s):
-            for row in range(rng.integers(1, 3)):
-                y0 = band_top + row * 7 * u
-                x = rng.uniform(0.05, 0.15) * s
-                while x < s * 0.9:  # words of the caption
-                    w = rng.uniform(4, 12) * u
-                    img[(yy >= y0) & (yy < y0 + 4.5 * u) & (xx >= x) & (xx < min(x + w, s * 0.92))] = _jitter(
-                        rng, (245, 245, 245), 8)
-                    x += w + rng.uniform(2, 4) * u
-    else:
-        raise ValueError(f"unknown image kind {kind!r} (one of {IMAGE_KINDS})")
-    img += rng.normal(0.0, 6.0, img.shape)
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
-
-
-def _encode(array: np.ndarray, fmt: str) -> bytes:
-    buf = io.BytesIO()
-    image = Image.fromarray(array, "RGB")
-    if fmt == "PNG":
-        image.save(buf, format="PNG", optimize=False, compress_level=6)
-    else:
-        image.save(buf, format="JPEG", quality=90, optimize=False)
-    return buf.getvalue()
-
-
-# --------------------------------------------------------------------------------------------------
-# text
-# --------------------------------------------------------------------------------------------------
-
-AMBIGUOUS_NAMES = (
-    "Jordan", "Paris", "Washington", "Phoenix", "Georgia", "Madison", "Chelsea", "Austin", "Sydney",
-    "Florence", "Lincoln", "Victoria", "Dallas", "Charlotte", "Orlando", "Houston", "Jackson", "Savannah",
-    "Kingston", "Memphis",
-)
-UNAMBIGUOUS = {
-    "PER": ("Nina Park", "Omar Haddad", "Lena Fischer", "Kofi Mensah", "Rosa Delgado", "Tomasz Nowak",
-            "Aiko Tanaka", "Marcus Bell"),
-    "LOC": ("Silver Lake", "New Harbor", "Mount Kerr", "Brookfield", "Port Alder", "Greenvale",
-            "Cedar Falls", "Lake Orin"),
-    "ORG": ("Nova Bank", "Zenith Motors", "Orbit Labs", "Acme", "Bluebird Airlines", "Helix",
-            "Northwind Foods", "Vertex Media"),
-    "OTHER": ("Super Bowl", "World Cup", "Game of Thrones", "Coachella", "Olympics", "Black Friday",
-              "Star Wars", "Comic Con"),
-}
-# a photo cue said on its own, and an inline photo phrasing that ends right before the entity
-PHOTO_CUES = ("look at this", "pic of the day", "this photo", "here is the pic", "check out this shot",
-              "snapped this earlier")
-PHOTO_INLINE = ("look at {E}", "pic of {E}", "this photo of {E}", "here is {E}", "a shot of {E}",
-                "just took a pic of {E}")
-OPINION_CUES = ("honestly", "breaking news", "I think", "unpopular opinion", "news update", "hot take",
-                "not gonna lie", "reminder")
-NEUTRAL = ("can't stop thinking about {E} today", "so much love for {E}", "everyone is talking about {E}",
-           "thoughts on {E} ?", "{E} is trending right now", "still not over {E}", "what a day for {E}",
-           "{E} again", "all about {E} this week", "missing {E} already", "{E} never disappoints",
-           "nothing but {E} tonight")
-NEUTRAL_TAILS = ("today", "right now", "this morning", "again", "tonight", "this weekend", "once more")
-REVEAL = {
-    "PER": ("{E} scored {N} points last night", "{E} signed autographs after the game",
-            "{E} just released a new song", "{E} said in an interview that she is retiring",
-            "happy birthday to {E} , the best coach ever", "{E} won the match in three sets",
-            "{E} and his wife at the premiere", "interview with {E} about her new album",
-            "{E} was named player of the week"),
-    "LOC": ("flying to {E} tomorrow morning", "the weather in {E} is amazing", "living in {E} since {Y}",
-            "traffic in downtown {E} is terrible", "road trip to {E} this summer",
-            "beaches near {E} are crowded", "storm hits {E} tonight", "hotels in {E} are fully booked",
-            "moved back to {E} last year"),
-    "ORG": ("{E} announced record profits", "{E} shares fell {N} % today", "{E} hired a new CEO",
-            "{E} opens a new store", "just signed a contract with {E}", "{E} launches a new app",
-            "{E} reported quarterly earnings", "customer service at {E} is awful",
-            "{E} is hiring engineers"),
-}
-SECONDARY = {
-    "PER": ("with {E}", "says {E}", "thanks to {E}"),
-    "LOC": ("in {E}", "near {E}", "from {E}"),
-    "ORG": ("via {E}", "sponsored by {E}", "powered by {E}"),
-    "OTHER": ("during {E}", "while watching {E}", "ahead of {E}"),
-}
-# World v2: what a related picture shows, said right after the entity ("look at Jordan on stage"): in
-# the pretraining pairs whose image adds, these words are predictable from the image (and, for an
-# ambiguous name in a neutral context, from nothing else), so the language model gains from the image.
-SHOWN = {
-    "PER": ("smiling", "on stage", "in a suit", "waving", "posing", "with a big smile"),
-    "LOC": ("at sunset", "skyline", "under blue skies", "from the hills", "from above", "landscape"),
-    "ORG": ("logo", "headquarters", "storefront", "brand sign", "new logo", "office sign"),
-}
-# ... and an opening word that names what the picture is ("portrait : look at Jordan ...")
-OPENER = {"PER": ("portrait", "selfie"), "LOC": ("view", "scenery"), "ORG": ("branding", "signage")}
-FILLERS = ("lol", "wow", "so good", "!", "?", "omg", "yes", "love it", "no way", "haha")
-HASHTAGS = ("#tbt", "#love", "#news", "#nba", "#travel", "#business", "#photo", "#weekend", "#mood",
-            "#sports", "#music", "#food")
-MENTIONS = ("@sportsdesk", "@citynews", "@jess_m", "@daily_pics", "@markets_now", "@tom_r", "@the_feed",
-            "@weather_now")
-EMOJI = ("😂", "🔥", "👍", "📸", "🙌", "😍", "⚽", "🌞")
-_URL_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-MIN_TOKENS, MAX_TOKENS = 5, 30
-
-
-@dataclass
-class _Tweet:
-    tokens: list[str]
-    tags: list[str]
-    image_kind: str
-    entity_type: str
-    related: int
-    context: str  # "neutral" | "reveal"
-    cue: str  # "photo" | "opinion"
-
-    @property
-    def text(self) -> str:
-        return " ".join(self.tokens)
-
-
-class _TweetMaker:
-    """Builds token/tag sequences from the templates with one seeded ``random.Random``."""
-
-    def __init__(self, rng: random.Random) -> None:
-        self.rng = rng
-
-    def _fill(self, template: str, entity: str | None, etype: str | None) -> tuple[list[str], list[str]]:
-        r = self.rng
-        tokens: list[str] = []
-        tags: list[str] = []
-        for word in template.split():
-            if word == "{E}":
-                assert entity is not None and etype is not None
-                for i, part in enumerate(entity.split()):
-                    tokens.append(part)
-                    tags.append(("B-" if i == 0 else "I-") + etype)
-            else:
-                word = word.replace("{N}", str(r.choice((3, 5, 7, 12, 21, 30, 41)))).replace(
-                    "{Y}", str(r.choice((2009, 2012, 2015, 2018))))
-                tokens.append(word)
-                tags.append("O")
-        return tokens, tags
-
-    def _entity(self, etype: str, p_ambiguous: float) -> str:
-        if etype != "OTHER" and self.rng.random() < p_ambiguous:
-            return self.rng.choice(AMBIGUOUS_NAMES)
-        return self.rng.choice(UNAMBIGUOUS[etype])
-
-    def tweet(self, *, related: int, context: str, etype: str, image_kind: str, p_photo: float,
-              p_ambiguous: float = 0.8, p_secondary: float = 0.3, p_shown: float = 0.0,
-              p_opener: float = 0.0) -> _Tweet:
-        """One tweet. ``p_shown`` / ``p_opener``: probability of :data:`SHOWN` words after the entity / an
-        :data:`OPENER` word first, both naming what an image of ``image_kind`` shows (world v2)."""
-        r = self.rng
-        cue = "photo" if r.random() < p_photo else "opinion"
-        entity = self._entity(etype, p_ambiguous)
-        shown_type = {v: k for k, v in TYPE_KIND.items()}.get(image_kind)
-        parts: list[tuple[list[str], list[str]]] = []
-        if shown_type is not None and r.random() < p_opener:
-            parts.append(self._fill(f"{r.choice(OPENER[shown_type])} :", None, None))
-        if r.random() < 0.15:
-            parts.append(self._fill(f"RT {r.choice(MENTIONS)} :", None, None))
-        if context == "neutral":
-            if cue == "photo" and r.random() < 0.5:
-                core = f"{r.choice(PHOTO_INLINE)} {r.choice(NEUTRAL_TAILS)}"
-            else:
-                phrase = r.choice(PHOTO_CUES if cue == "photo" else OPINION_CUES)
-                core = f"{phrase} {r.choice((':', ','))} {r.choice(NEUTRAL)}"
-        else:
-            phrase = r.choice(PHOTO_CUES if cue == "photo" else OPINION_CUES)
-            core = f"{phrase} {r.choice((':', ','))} {r.choice(REVEAL[etype])}"
-        if shown_type is not None and context == "neutral" and r.random() < p_shown:
-            core = core.replace("{E}", "{E} " + r.choice(SHOWN[shown_type]), 1)
-        parts.append(self._fill(core, entity, etype))
-        if r.random() < p_secondary:
-            stype = r.choice(("PER", "LOC", "ORG", "OTHER"))
-            parts.append(self._fill(r.choice(SECONDARY[stype]), r.choice(UNAMBIGUOUS[stype]), stype))
-        if r.random() < 0.3:
-            parts.append(self._fill(r.choice(FILLERS), None, None))
-        if r.random() < 0.3:
-            parts.append(self._fill(r.choice(MENTIONS), None, None))
-        for _ in range(r.choice((0, 0, 1, 1, 2))):
-            parts.append(self._fill(r.choice(HASHTAGS), None, None))
-        if r.random() < 0.15:
-            parts.append(self._fill(r.choice(EMOJI), None, None))
-        if r.random() < 0.6:
-            url = "http://t.co/" + "".join(r.choice(_URL_CHARS) for _ in range(10))
-            parts.append(([url], ["O"]))
-        tokens = [t for p in parts for t in p[0]]
-        tags = [t for p in parts for t in p[1]]
-        while len(tokens) < MIN_TOKENS:
-            tokens.append(r.choice(("today", "wow", "!")))
-            tags.append("O")
-        if len(tokens) > MAX_TOKENS:  # cannot happen with these templates; keep the bound anyway
-            tokens, tags = tokens[:MAX_TOKENS], tags[:MAX_TOKENS]
-            if tags[-1].startswith("B-") or tags[-1].startswith("I-"):
-                tokens, tags = tokens[:-1], tags[:-1]
-        return _Tweet(tokens, tags, image_kind, etype, related, context, cue)
-
-
-P_SHOWN, P_OPENER = 0.75, 0.5  # world v2: in related unlabelled pairs (neutral context for SHOWN)
-
-
-def image_information(tweet: _Tweet) -> float:
-    """Nats an ideal language model saves on ``tweet`` (both directions together) by seeing its image:
-    ln 3 per direction for the SHOWN words after an ambiguous entity (three types are equally likely from
-    the text), ln 3 for an OPENER in the forward direction (nothing precedes it). An estimate of the
-    mutual information between image and text, to compare with the image gain a model reaches."""
-    if not tweet.related or tweet.entity_type not in OPENER:
-        return 0.0
-    words = set(tweet.tokens)
-    gain = 0.0
-    if words & {w for w in OPENER[tweet.entity_type]} and tweet.tokens[1] == ":":
-        gain += math.log(3)
-    ambiguous = any(t in AMBIGUOUS_NAMES for t, g in zip(tweet.tokens, tweet.tags) if g == f"B-{tweet.entity_type}")
-    shown_first = {p.split()[0] for p in SHOWN[tweet.entity_type]}
-    if ambiguous and words & shown_first:
-        gain += 2 * math.log(3)
-    return gain
-
-
-def _pair_tweet(maker: _TweetMaker, p_neutral_related: float, p_shown: float = P_SHOWN,
-                p_opener: float = P_OPENER) -> _Tweet:
-    """A relation/unlabelled pair (the task-1 mixture, ~45% image adds; see the module docstring)."""
-    r = maker.rng
-    if r.random() < 0.45:
-        etype = r.choice(("PER", "LOC", "ORG"))
-        context = "neutral" if r.random() < p_neutral_related else "reveal"
-        return maker.tweet(related=1, context=context, etype=etype, image_kind=TYPE_KIND[etype], p_photo=0.75,
-                           p_shown=p_shown, p_opener=p_opener)
-    etype = r.choice(("PER", "LOC", "ORG"))
-    if r.random() < 0.5:  # an unrelated picture: food or meme
-        context = "neutral" if r.random() < 0.5 else "reveal"
-        kind = r.choice(UNRELATED_KINDS)
-    else:  # a picture of another kind than the entity the text talks about
-        context = "reveal"
-        kind = TYPE_KIND[r.choice([t for t in ("PER", "LOC", "ORG") if t != etype])]
-    return maker.tweet(related=0, context=context, etype=etype, image_kind=kind, p_photo=0.25)
-
-
-def _ner_tweet(maker: _TweetMaker) -> _Tweet:
-    """An NER tweet: related = neutral context + image of the entity's kind; unrelated = revealing
-    context + food/meme (60%) or a misleading image of another kind (40%)."""
-    r = maker.rng
-    etype = r.choice(("PER", "LOC", "ORG"))
-    if r.random() < 0.5:
-        return maker.tweet(related=1, context="neutral", etype=etype, image_kind=TYPE_KIND[etype], p_photo=0.75,
-                           p_ambiguous=0.85, p_secondary=0.35)
-    if r.random() < 0.6:
-        kind = r.choice(UNRELATED_KINDS)
-    else:
-        kind = TYPE_KIND[r.choice([t for t in ("PER", "LOC", "ORG") if t != etype])]
-    return maker.tweet(related=0, context="reveal", etype=etype, image_kind=kind, p_photo=0.25,
-                       p_ambiguous=0.85, p_secondary=0.35)
-
-
-# --------------------------------------------------------------------------------------------------
-# writing
-# --------------------------------------------------------------------------------------------------
 
 
 def _tsv_field(value: str) -> str:

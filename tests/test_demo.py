@@ -251,3 +251,13 @@ def test_world_v2_images_predict_words_of_related_pretraining_pairs_only(full_wo
             text = " " + " ".join(line.split("\t")[0] for line in lines[1:]) + " "
             if truth[image_id] == 1:
                 assert not [p for p in phrases if f" {p} " in text], (image_id, text)
+
+
+def test_pictures_and_templates_are_importable_from_demo():
+    """They live in demo_images and demo_tweets; flair_riva.demo still offers them."""
+    from flair_riva import demo, demo_images, demo_tweets
+
+    for name in demo.__all__:
+        assert hasattr(demo, name), name
+    assert demo.draw_image is demo_images.draw_image and demo.IMAGE_KINDS is demo_images.IMAGE_KINDS
+    assert demo.image_information is demo_tweets.image_information and demo.SHOWN is demo_tweets.SHOWN
