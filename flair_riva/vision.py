@@ -28,7 +28,7 @@ import sys
 import types
 from typing import Any
 
-from flair_riva import images as _images
+import flair_riva.images as _images
 from flair_riva.backbone import (
     BACKBONES,
     GRID_SIZE,
