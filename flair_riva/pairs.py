@@ -437,6 +437,6 @@ def read_relation_truth(path: str | Path) -> dict[str, int]:
         if line.strip():
             fields = line.split("\t")
             if len(fields) < 2 or fields[1].strip() not in ("0", "1"):
-                raise CorpusFormatError(f"{path}:{number}: expected image_id<TAB>image_adds (0 or 1), got {line!r}")
+                raise CorpusFormatError(path, number, f"expected image_id<TAB>image_adds (0 or 1), got {line!r}")
             truth[fields[0]] = int(fields[1])
     return truth

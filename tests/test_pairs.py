@@ -225,3 +225,16 @@ def test_iter_unlabelled_records_keeps_empty_texts_ids_and_lines(tmp_path):
     records = list(iter_unlabelled_records(tsv, on_error=errors.append))
     assert [(r.line, r.tokens, r.image, r.id) for r in records] == [(2, ["a"], None, "1"), (4, [], None, "3")]
     assert [e.line for e in errors] == [3] and "2 fields" in str(errors[0])
+
+
+def test_read_relation_truth_reports_a_malformed_line(tmp_path):
+    from flair_riva.pairs import read_relation_truth
+
+    good = tmp_path / "truth.tsv"
+    good.write_text("image_id\timage_adds\nA\t1\nB\t0\n\n", encoding="utf-8")
+    assert read_relation_truth(good) == {"A": 1, "B": 0}
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("image_id\timage_adds\nA\t1\nB\tyes\n", encoding="utf-8")
+    with pytest.raises(CorpusFormatError) as err:
+        read_relation_truth(bad)
+    assert err.value.line == 3 and "image_adds" in err.value.reason
