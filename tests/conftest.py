@@ -66,6 +66,24 @@ def random_tokens(n: int, vocab: Vocabulary, seed: int = 0) -> list[str]:
     return [rng.choice(words) for _ in range(n)]
 
 
+@pytest.fixture
+def model(tiny_config, tiny_vocab):
+    """A tiny RivaModel in eval mode (seeded)."""
+    from flair_riva.model import RivaModel
+
+    torch.manual_seed(0)
+    return RivaModel(tiny_config, tiny_vocab).eval()
+
+
+def keyed_vectors(words, dim: int = 16, seed: int = 0):
+    """Seeded random gensim ``KeyedVectors`` for ``words``."""
+    from gensim.models import KeyedVectors
+
+    kv = KeyedVectors(dim)
+    kv.add_vectors(list(words), torch.randn(len(words), dim, generator=torch.Generator().manual_seed(seed)).numpy())
+    return kv
+
+
 # -- the pretrainer on a tiny demo world ---------------------------------------------------------------------
 
 #: The pretrainer's tiny model on the command line: one LSTM layer, a random-init frozen ResNet-18.

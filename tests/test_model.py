@@ -1,25 +1,16 @@
-"""RivaModel: shapes, value ranges, padding invariance, loss reach, ablations, save/load safety."""
+"""RivaModel: shapes, value ranges, padding invariance, loss reach, ablations, the image path, the vocabulary.
+
+The model folder (save/load) is tested in test_checkpoint.py, the networks on their own in test_networks.py."""
 
 from __future__ import annotations
-
-import json
-import logging
-import os
-import pickle
 
 import pytest
 import torch
 
-from flair_riva.config import FORMAT_VERSION, RivaConfig
-from flair_riva.model import CheckpointError, RivaModel, reverse_padded
+from flair_riva.config import RivaConfig
+from flair_riva.model import RivaModel, reverse_padded
 from flair_riva.text import UNK_ID
-from tests.conftest import random_tokens, random_visual
-
-
-@pytest.fixture
-def model(tiny_config, tiny_vocab) -> RivaModel:
-    torch.manual_seed(0)
-    return RivaModel(tiny_config, tiny_vocab).eval()
+from tests.conftest import keyed_vectors, random_tokens, random_visual
 
 
 def test_reverse_padded_keeps_padding_in_place():
@@ -190,121 +181,6 @@ def test_fine_tuned_backbone_receives_gradients(model, tiny_token_lists):
     assert not model.backbone.training, "BatchNorm of the backbone stays in eval mode while fine-tuning"
 
 
-def test_save_load_bit_identical(model, tiny_token_lists, tmp_path):
-    visual = random_visual(6, [True, False, True, True, True, True])
-    before, out_before = model.embed(tiny_token_lists, visual)
-    model.save(tmp_path / "riva")
-    assert sorted(os.listdir(tmp_path / "riva")) == ["config.json", "model.safetensors", "vocab.json"]
-    loaded = RivaModel.load(tmp_path / "riva")
-    assert loaded.config == model.config and loaded.vocab.words == model.vocab.words
-    after, out_after = loaded.embed(tiny_token_lists, visual)
-    for x, y in zip(before, after):
-        assert torch.equal(x, y)
-    assert torch.equal(out_before.s_g, out_after.s_g)
-    # saving again over the same directory replaces it atomically
-    model.save(tmp_path / "riva")
-    assert RivaModel.load(tmp_path / "riva").config == model.config
-
-
-class _Payload:
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def test_malicious_pickle_is_never_executed(model, tmp_path):
-    directory = tmp_path / "riva"
-    model.save(directory)
-    marker = tmp_path / "pwned"
-    payload = pickle.dumps(_Payload(str(marker)))
-    # a pickle beside the real files is ignored ...
-    for name in ("pytorch_model.bin", "model.pt", "checkpoint.pt"):
-        (directory / name).write_bytes(payload)
-    RivaModel.load(directory)
-    # ... and a pickle in place of the weights is refused, not unpickled
-    (directory / "model.safetensors").write_bytes(payload)
-    with pytest.raises(CheckpointError):
-        RivaModel.load(directory)
-    assert not marker.exists()
-
-
-def test_incompatible_format_version_is_a_clear_error(model, tmp_path):
-    directory = tmp_path / "riva"
-    model.save(directory)
-    meta = json.loads((directory / "config.json").read_text())
-    meta["format_version"] = FORMAT_VERSION + 1
-    (directory / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match="format version"):
-        RivaModel.load(directory)
-    with pytest.raises(CheckpointError, match="does not exist"):
-        RivaModel.load(tmp_path / "nothing")
-
-
-def _tamper(directory, config=None, meta=None, vocab=None):
-    data = json.loads((directory / "config.json").read_text())
-    data["config"].update(config or {})
-    data.update(meta or {})
-    (directory / "config.json").write_text(json.dumps(data))
-    if vocab is not None:
-        (directory / "vocab.json").write_text(json.dumps(vocab))
-
-
-@pytest.mark.parametrize("changes, field", [
-    ({"rgn_layers": 10**6}, "rgn_layers"),
-    ({"vlcn_hidden_size": 4096}, "vlcn"),          # in range: the weights' shapes say otherwise
-    ({"rgn_hidden_size": 10**9}, "rgn_hidden_size"),
-    ({"num_heads": 0}, "num_heads"),
-    ({"num_heads": 7}, "num_heads"),
-    ({"backbone": "resnet50"}, "backbone"),
-    ({"adaptive_softmax_cutoffs": [10, 5]}, "adaptive_softmax_cutoffs"),
-    ({"word_dim": 16.0}, "word_dim"),
-    ({"word_dim": True}, "word_dim"),
-    ({"dropout": float("nan")}, "dropout"),
-    ({"use_image": "yes"}, "use_image"),
-])
-def test_hostile_config_is_a_fast_checkpoint_error(model, tmp_path, changes, field):
-    import time
-
-    directory = tmp_path / "riva"
-    model.save(directory)
-    _tamper(directory, config=changes)
-    start = time.perf_counter()
-    with pytest.raises(CheckpointError, match=field):
-        RivaModel.load(directory)
-    assert time.perf_counter() - start < 5.0
-
-
-@pytest.mark.parametrize("meta, words, expect", [
-    ({"vocab_size": 10**7}, None, "weights do not fit"),     # checked against the header before vocab.json is read
-    ({"vocab_size": 10**9}, None, "vocab_size"),
-    ({"num_chars": "many"}, None, "num_chars"),
-    (None, "non-string", "not a non-empty string"),
-    (None, "empty", "not a non-empty string"),
-    (None, "duplicate", "twice"),
-])
-def test_bad_vocabulary_is_a_checkpoint_error(model, tmp_path, meta, words, expect):
-    directory = tmp_path / "riva"
-    model.save(directory)
-    vocab = None
-    if words is not None:
-        vocab = json.loads((directory / "vocab.json").read_text())
-        vocab["words"][-1] = {"non-string": 7, "empty": "", "duplicate": vocab["words"][-2]}[words]
-    _tamper(directory, meta=meta, vocab=vocab)
-    with pytest.raises(CheckpointError, match=expect):
-        RivaModel.load(directory)
-
-
-def test_oversized_vocab_file_is_refused_before_parsing(model, tmp_path):
-    directory = tmp_path / "riva"
-    model.save(directory)
-    with open(directory / "vocab.json", "w") as handle:  # 10**6 extra words, far beyond the recorded size
-        json.dump({"words": [f"w{i}" for i in range(10**6)], "chars": ["<pad>", "<unk>"]}, handle)
-    with pytest.raises(CheckpointError, match="more than"):
-        RivaModel.load(directory)
-
-
 def test_unknown_config_field_is_reported():
     with pytest.raises(ValueError, match="newer flair-riva"):
         RivaConfig.from_dict({"word_dim": 10, "quantum_layers": 3})
@@ -357,78 +233,6 @@ def test_a_few_hundred_steps_on_the_demo_world_lower_both_losses(tiny_config, tm
 
 
 # -- the image path (issue: the image never reached the token vectors) --------------------------------------
-
-@pytest.mark.parametrize("mode", ["step", "state", "start"])
-def test_token_states_change_with_s_g_continuously_and_equal_no_image_at_zero(mode, tiny_config, tiny_vocab,
-                                                                             tiny_token_lists):
-    torch.manual_seed(0)
-    model = RivaModel(tiny_config.replace(vlcn_visual=mode), tiny_vocab).eval()
-    text = model.encode(tiny_token_lists)
-    visual = random_visual(len(tiny_token_lists))
-    b = len(tiny_token_lists)
-    with torch.no_grad():
-        states = {g: model(text, visual, s_g_override=torch.full((b,), g)).token_states for g in (0.0, 0.5, 0.501, 1.0)}
-        no_image, _, _ = model.vlcn(model.token_inputs(text), text.lengths)
-    assert torch.allclose(states[0.0], no_image, atol=1e-6), "s_G = 0 must be exactly the no-image LM"
-    far = (states[1.0] - states[0.0]).abs().max()
-    near = (states[0.501] - states[0.5]).abs().max()
-    assert far > 1e-3, "the image must reach the token states when the gate is open"
-    assert near < far / 20, "the states must change continuously with s_G"
-
-
-def test_paper_mode_is_kept_as_written(tiny_config, tiny_vocab, tiny_token_lists):
-    """vlcn_visual="paper" (0.1.0): FC+GELU(s_G · v_c) replaces [BOS]/[EOS]; 0.1.0 configs load as it."""
-    torch.manual_seed(0)
-    model = RivaModel(tiny_config.replace(vlcn_visual="paper", visual_norm="layer"), tiny_vocab).eval()
-    assert hasattr(model.vlcn, "visual_proj") and isinstance(model.rgn.visual_norm, torch.nn.LayerNorm)
-    legacy = {k: v for k, v in tiny_config.to_dict().items() if k not in ("vlcn_visual", "visual_norm", "gate_dropout")}
-    assert RivaConfig.from_dict(legacy).vlcn_visual == "paper"
-    out = model(model.encode(tiny_token_lists), random_visual(len(tiny_token_lists)))
-    assert out.token_states.shape[-1] == tiny_config.embedding_length
-
-
-#: What a 0.1.0 config.json held that the config no longer has (Table 2's training settings, the visual sizes).
-RETIRED_0_1_0 = {"learning_rate": 0.02, "backbone_learning_rate": 1e-4, "optimizer": "sgd", "batch_size": 16,
-                 "clip_grad_norm": 5.0, "visual_dim": 512, "num_regions": 49}
-
-
-def test_a_0_1_0_model_folder_loads_without_its_retired_fields(tiny_config, tiny_vocab, tiny_token_lists, tmp_path,
-                                                               caplog):
-    torch.manual_seed(0)
-    old = tiny_config.replace(vlcn_visual="paper", visual_norm="layer", gate_dropout=0.0)  # 0.1.0's model
-    model = RivaModel(old, tiny_vocab).eval()
-    model.save(tmp_path / "m")
-    meta = json.loads((tmp_path / "m" / "config.json").read_text())
-    config = {k: v for k, v in meta["config"].items() if k not in ("vlcn_visual", "visual_norm", "gate_dropout")}
-    meta["config"] = {**config, **RETIRED_0_1_0}
-    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
-    logger = logging.getLogger("flair")  # it does not propagate: pytest's handler is attached directly
-    logger.addHandler(caplog.handler)
-    try:
-        with caplog.at_level("INFO", logger="flair"):
-            loaded = RivaModel.load(tmp_path / "m")
-    finally:
-        logger.removeHandler(caplog.handler)
-    assert "dropping fields flair-riva no longer uses: backbone_learning_rate, batch_size" in caplog.text
-    assert loaded.config == old and (loaded.config.visual_dim, loaded.config.num_regions) == (512, 49)
-    text, visual = model.encode(tiny_token_lists), random_visual(len(tiny_token_lists))
-    torch.testing.assert_close(loaded(text, visual).token_states, model(text, visual).token_states)
-    with pytest.raises(CheckpointError, match="visual_dim"):  # still checked before it is dropped
-        meta["config"]["visual_dim"] = 2048
-        (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
-        RivaModel.load(tmp_path / "m")
-
-
-def test_a_config_pickled_by_0_1_0_unpickles_without_its_retired_fields(tiny_config):
-    """A saved 0.1.0 tagger pickles its RivaConfig with the retired fields in the instance dict."""
-    legacy = {k: v for k, v in tiny_config.to_dict().items() if k not in ("vlcn_visual", "visual_norm", "gate_dropout")}
-    config = RivaConfig.__new__(RivaConfig)
-    config.__setstate__({**legacy, **RETIRED_0_1_0})
-    assert not set(RETIRED_0_1_0) & set(vars(config))
-    assert config.vlcn_visual == "paper" and config.visual_dim == 512 and config.to_dict() == RivaConfig.from_dict(
-        legacy).to_dict()
-    assert pickle.loads(pickle.dumps(config)) == config
-
 
 def _type_world(n: int, seed: int, num_types: int = 3):
     """A small world built so the image *can* matter: the word after an ambiguous name names what the
@@ -502,16 +306,8 @@ def test_a_trained_tiny_model_uses_the_image_without_saturating(tiny_config, see
 
 # -- vocabulary policy of issue 10: input = frequent words + every word the vectors know ------------------
 
-def _vectors(words, dim=16, seed=0):
-    from gensim.models import KeyedVectors
-
-    kv = KeyedVectors(dim)
-    kv.add_vectors(list(words), torch.randn(len(words), dim, generator=torch.Generator().manual_seed(seed)).numpy())
-    return kv
-
-
 def test_a_word_the_vectors_know_is_never_unk(tiny_config, tiny_token_lists):
-    kv = _vectors(["jordan", "paris", "cleveland", "Kardashian", "2015"])  # the last three are not in the texts
+    kv = keyed_vectors(["jordan", "paris", "cleveland", "Kardashian", "2015"])  # the last three are not in the texts
     model = RivaModel.from_texts(tiny_config.replace(min_word_count=2, use_image=False), tiny_token_lists,
                                  word_vectors=kv)
     vocab = model.vocab
@@ -532,7 +328,7 @@ def test_a_word_the_vectors_know_is_never_unk(tiny_config, tiny_token_lists):
 
 
 def test_word_vectors_are_frozen_by_default(tiny_config, tiny_token_lists):
-    kv = _vectors(["jordan", "paris"])
+    kv = keyed_vectors(["jordan", "paris"])
     frozen = RivaModel.from_texts(tiny_config, tiny_token_lists, word_vectors=kv)
     assert frozen.config.freeze_word_vectors and not frozen.token_encoder.word_embedding.weight.requires_grad
     tuned = RivaModel.from_texts(tiny_config, tiny_token_lists, word_vectors=kv, fine_tune_word_vectors=True)
@@ -540,36 +336,16 @@ def test_word_vectors_are_frozen_by_default(tiny_config, tiny_token_lists):
     assert RivaModel.from_texts(tiny_config, tiny_token_lists).token_encoder.word_embedding.weight.requires_grad
 
 
-def test_frozen_vectors_are_stored_once(tmp_path, tiny_config, tiny_token_lists):
-    from safetensors import safe_open
+def test_the_networks_and_the_checkpoint_names_still_import_from_model():
+    """Split out into flair_riva.networks and flair_riva.checkpoint; the old dotted names (and so objects
+    pickled under them) still resolve to the same classes."""
+    import flair_riva.checkpoint as checkpoint
+    import flair_riva.model as model_module
+    import flair_riva.networks as networks
 
-    from flair_riva.model import VECTORS_FILE, WEIGHTS_FILE, WORD_VECTORS_KEY
-
-    model = RivaModel.from_texts(tiny_config, tiny_token_lists, word_vectors=_vectors(["jordan", "paris", "x"]))
-    model.save(tmp_path / "run" / "epoch-1")
-    model.vlcn.bos.data += 1.0  # another checkpoint of the same run: other weights, the same frozen vectors
-    model.save(tmp_path / "run" / "best")
-    a, b = (tmp_path / "run" / d / VECTORS_FILE for d in ("epoch-1", "best"))
-    assert a.stat().st_ino == b.stat().st_ino and a.stat().st_nlink == 2, "a hard link, not a copy"
-    with safe_open(str(tmp_path / "run" / "best" / WEIGHTS_FILE), framework="pt") as handle:
-        assert WORD_VECTORS_KEY not in handle.keys()  # noqa: SIM118
-    loaded = RivaModel.load(tmp_path / "run" / "best")
-    assert torch.equal(loaded.token_encoder.word_embedding.weight, model.token_encoder.word_embedding.weight)
-    assert torch.equal(loaded.vlcn.bos, model.vlcn.bos) and loaded.vocab.output_size == model.vocab.output_size
-    assert not loaded.token_encoder.word_embedding.weight.requires_grad
-
-
-def test_a_0_1_0_model_folder_loads(tmp_path, tiny_config, tiny_token_lists):
-    """0.1.0 layout: one vocabulary for input and output (no output_size / output_vocab_size), the word
-    vectors inside model.safetensors."""
-    model = RivaModel.from_texts(tiny_config.replace(use_image=False), tiny_token_lists)
-    model.save(tmp_path / "old")
-    meta = json.loads((tmp_path / "old" / "config.json").read_text())
-    del meta["output_vocab_size"]
-    (tmp_path / "old" / "config.json").write_text(json.dumps(meta))
-    assert "output_size" not in json.loads((tmp_path / "old" / "vocab.json").read_text())
-    loaded = RivaModel.load(tmp_path / "old")
-    assert loaded.vocab.output_size == len(loaded.vocab) == len(model.vocab)
-    text = model.encode([tiny_token_lists[0]])
-    model.eval()
-    assert torch.allclose(loaded(text).token_states, model(text).token_states)
+    for name in ("RGN", "VCN", "VLCN", "FeatureStandardizer", "VectorNorm", "visual_normalizer"):
+        assert getattr(model_module, name) is getattr(networks, name)
+    for name in ("CheckpointError", "CONFIG_FILE", "VOCAB_FILE", "WEIGHTS_FILE", "VECTORS_FILE", "WORD_VECTORS_KEY",
+                 "MAX_CONFIG_BYTES", "MAX_VOCAB_WORDS", "MAX_VOCAB_CHARS"):
+        assert getattr(model_module, name) is getattr(checkpoint, name)
+    assert all(hasattr(model_module, name) for name in model_module.__all__)

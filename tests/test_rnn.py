@@ -1,15 +1,12 @@
-"""The unpacked LSTM runs, the factored VCN attention and the deduplicated character encoder compute
+"""The unpacked LSTM runs and the deduplicated character encoder compute
 exactly what the straightforward versions compute (outputs, final states and gradients)."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from flair_riva.model import VCN
 from flair_riva.rnn import reverse_padded, run_lstm
 from flair_riva.text import CharEncoder
 
@@ -58,22 +55,6 @@ def test_reverse_padded_keeps_padding():
     x = torch.arange(8.0).view(2, 4, 1)
     out = reverse_padded(x, torch.tensor([4, 2]))
     assert out.squeeze(-1).tolist() == [[3, 2, 1, 0], [5, 4, 6, 7]]
-
-
-def test_vcn_equals_the_projected_regions_formula():
-    """Eq. (3)-(5) with the keys V^r W^V formed explicitly give the same v_c and attention."""
-    torch.manual_seed(0)
-    vcn = VCN(12, 16, 4).double().eval()
-    f_t = torch.randn(3, 12, dtype=torch.double)
-    regions = torch.randn(3, 49, 16, dtype=torch.double).abs()
-    has_image = torch.tensor([True, True, False])
-    v_c, attention = vcn(f_t, regions, has_image)
-    b, h, d = 3, 4, 4
-    q = vcn.query(f_t).view(b, h, 1, d)
-    kv = vcn.key_value(vcn.region_norm(regions, has_image)).view(b, 49, h, d).transpose(1, 2)
-    weights = (q @ kv.transpose(-1, -2) / math.sqrt(d)).softmax(dim=-1)
-    assert torch.allclose(v_c, (weights @ kv).reshape(b, h * d), atol=1e-12)
-    assert torch.allclose(attention, weights.mean(dim=1).squeeze(1), atol=1e-12)
 
 
 def test_char_encoder_encodes_each_spelling_as_packing_does():
