@@ -186,8 +186,9 @@ P_SHOWN, P_OPENER = 0.75, 0.5  # world v2: in related unlabelled pairs (neutral 
 def image_information(tweet: _Tweet) -> float:
     """Nats an ideal language model saves on ``tweet`` (both directions together) by seeing its image:
     ln 3 per direction for the SHOWN words after an ambiguous entity (three types are equally likely from
-    the text), ln 3 for an OPENER in the forward direction (nothing precedes it). An estimate of the
-    mutual information between image and text, to compare with the image gain a model reaches."""
+    the text), ln 3 for an OPENER in the forward direction (nothing precedes it). The part of the mutual
+    information between image and text that these words carry; the image also predicts the phrasing
+    (photo vs opinion cues) and rules out a type in unrelated pairs, so a model's image gain can exceed it."""
     if not tweet.related or tweet.entity_type not in OPENER:
         return 0.0
     words = set(tweet.tokens)
