@@ -41,3 +41,9 @@ def test_a_failing_job_stops_the_queue(tmp_path):
 def test_a_job_whose_input_nobody_writes_is_an_error(tmp_path):
     with pytest.raises(RuntimeError, match="waits for"):
         quickstart.run_jobs([quickstart.Job("orphan", [tmp_path / "missing"], _writer(tmp_path / "x"))], 2, {})
+
+
+def test_only_the_models_the_taggers_and_probes_need_are_pretrained():
+    assert quickstart.needed_models(quickstart.QUICK_CONFIGS, quickstart.QUICK_PROBES) == ["riva", "riva-text"]
+    assert quickstart.needed_models(quickstart.CONFIGS, []) == ["riva", "riva-text", "riva-nogate"]
+    assert quickstart.needed_models(["text"], ["riva-nogate"]) == ["riva", "riva-nogate"]
