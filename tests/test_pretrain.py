@@ -455,6 +455,21 @@ def test_teacher_is_reused_across_runs_and_a_mismatch_is_refused(demo_run, world
     assert "does not fit this run's model" in capsys.readouterr().err
 
 
+def test_a_teacher_of_another_seed_is_refused(demo_run, world, cache_dir, tmp_path, capsys):
+    """A teacher of another --seed was trained on another split (its training pairs would be scored as test
+    pairs) and, with a random-init backbone, on other features: reusing it gave test F1 3.6 instead of 85."""
+    import shutil
+
+    base = ["--demo-dir", str(world.root), "--feature-cache", str(cache_dir), *TINY_CLI, "--seed", "7"]
+    assert main(["--output", str(tmp_path / "other-seed"), "--teacher", str(demo_run / "teacher"), *base]) == 2
+    err = capsys.readouterr().err
+    assert "another split" in err and "seed" in err
+    alone = tmp_path / "copied-teacher"  # no run_args.json beside it: the backbone still tells
+    shutil.copytree(demo_run / "teacher", alone)
+    assert main(["--output", str(tmp_path / "other-seed-2"), "--teacher", str(alone), *base]) == 2
+    assert "another frozen backbone" in capsys.readouterr().err
+
+
 def test_word_vectors_widen_the_input_vocabulary_are_frozen_and_stored_once(world, cache_dir, tmp_path):
     """Issue 10: every word the vectors know is an input word (not a softmax class), the vectors are frozen
     and every model folder of the run shares one vectors file; the <unk> rate of the text is logged."""

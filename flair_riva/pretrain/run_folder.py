@@ -41,7 +41,8 @@ RUN_ARTIFACTS = (RUN_ARGS_FILE, RUN_STATE_FILE, VOCAB_FILE, PSEUDO_FILE, METRICS
 PATH_ARGS = frozenset({"relation_data", "unlabelled", "image_dir", "word_vectors", "demo_dir", "backbone_weights"})
 
 
-def _same_arg(name: str, previous: Any, current: Any) -> bool:
+def same_arg(name: str, previous: Any, current: Any) -> bool:
+    """Whether a run_args.json entry is unchanged (paths compared resolved)."""
     if previous == current:
         return True
     if name in PATH_ARGS and isinstance(previous, str) and isinstance(current, str):
@@ -184,7 +185,7 @@ class RunFolder:
             else:
                 diffs = [f"{k}: {previous.get(k)!r} -> {current.get(k)!r}"
                          for k in sorted(set(previous) | set(current))
-                         if k != "output" and not _same_arg(k, previous.get(k), current.get(k))]
+                         if k != "output" and not same_arg(k, previous.get(k), current.get(k))]
                 if diffs:
                     raise PretrainError(
                         f"--output {out} holds another run with different arguments ({'; '.join(diffs)}): "

@@ -7,10 +7,14 @@ plain dict (:class:`~flair_riva.pretrain.run_folder.RunState`). They run on rank
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from flair_riva.config import RivaConfig
 from flair_riva.model import CheckpointError, RivaModel
@@ -18,7 +22,14 @@ from flair_riva.pretrain.data import epoch_batches
 from flair_riva.pretrain.distributed import DistContext
 from flair_riva.pretrain.inputs import CLASS_NAMES, RunInputs, reason_summary
 from flair_riva.pretrain.options import PretrainError
-from flair_riva.pretrain.run_folder import PSEUDO_FILE, PseudoRecord, TeacherRecord, VocabularyRecord
+from flair_riva.pretrain.run_folder import (
+    PSEUDO_FILE,
+    RUN_ARGS_FILE,
+    PseudoRecord,
+    TeacherRecord,
+    VocabularyRecord,
+    same_arg,
+)
 from flair_riva.pretrain.state import seed_everything
 from flair_riva.pretrain.steps import (
     StepRunner,
@@ -174,8 +185,15 @@ def reuse_teacher(run: RunInputs, vocab: Vocabulary, config: RivaConfig) -> tupl
     differ = [f for f in TEACHER_FIELDS if getattr(teacher.config, f) != getattr(config, f)]
     if differ or not teacher.config.use_image:
         raise PretrainError(f"--teacher {path} does not fit this run's model (differs in {differ or 'use_image'})")
+    _check_teacher_run(Path(path), run)
     if run.config.frozen and teacher.backbone is not None:
-        teacher.backbone.load_state_dict(run.initial_backbone())  # the run's features (and cache key)
+        initial = run.initial_backbone()
+        own = teacher.backbone.state_dict()
+        if set(own) != set(initial) or any(not torch.equal(own[k], initial[k]) for k in initial):
+            raise PretrainError(
+                f"--teacher {path} was trained on the features of another frozen backbone than this run's (a "
+                "random-init ResNet depends on --seed and --backbone-weights): its RGN would read features it "
+                "never saw. Reuse a teacher of a run with the same --seed and --backbone-weights")
         teacher.backbone.requires_grad_(False)
     split = run.splits()
     source = run.visual_source()
@@ -186,6 +204,29 @@ def reuse_teacher(run: RunInputs, vocab: Vocabulary, config: RivaConfig) -> tupl
     log.info("teacher: dev %s", dev_scores)
     log.info("teacher: test %s", test_scores)
     return teacher, TeacherRecord(0, dev_scores, test_scores, 0, len(split.dev), len(split.test), str(path))
+
+
+#: run_args.json entries that fix the labelled pairs and their train/dev/test split.
+SPLIT_ARGS = ("relation_data", "seed", "test_fraction", "dev_fraction")
+
+
+def _check_teacher_run(path: Path, run: RunInputs) -> None:
+    """A reused teacher must come from a run with the same labelled pairs and split (its ``run_args.json``,
+    beside the teacher folder, when there is one): otherwise its training pairs would be scored as test
+    pairs, and a seeded random-init backbone would differ."""
+    args_file = path.parent / RUN_ARGS_FILE
+    try:
+        other = json.loads(args_file.read_text(encoding="utf-8"))["args"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # a teacher folder on its own: the backbone check below still applies
+    c = run.config
+    current = {"relation_data": str(run.data.relation) if run.data.relation else None, "seed": c.seed,
+               "test_fraction": c.test_fraction, "dev_fraction": c.dev_fraction}  # as run_args.json has them
+    differ = [f"{name}: {other[name]!r} -> {current[name]!r}" for name in SPLIT_ARGS
+              if name in other and not same_arg(name, other[name], current[name])]
+    if differ:
+        raise PretrainError(f"--teacher {path} comes from a run with other labelled pairs or another split "
+                            f"({'; '.join(differ)}): its training pairs would be scored as this run's test pairs")
 
 
 # -- stage 2 -------------------------------------------------------------------------------------------------------
