@@ -31,8 +31,10 @@ How it works
 * **Frozen by default** (``fine_tune=False``): computed under ``torch.no_grad``, parameters with
   ``requires_grad=False``, always in eval mode (no dropout) while the tagger trains, so Flair's
   embedding storage (``embeddings_storage_mode="cpu"``) keeps the vectors and no sentence is embedded
-  twice across epochs. ``fine_tune=True`` trains the token encoder, RGN, VCN and VLCN with the tagger
-  (the ResNet backbone stays frozen; its features still come from the cache).
+  twice across epochs. With storage mode ``"none"`` an in-process memo
+  (:attr:`RivaEmbeddings.vector_memo_size` sentences, keyed by the token texts and the image file) does the
+  same. ``fine_tune=True`` trains the token encoder, RGN, VCN and VLCN with the tagger (the ResNet backbone
+  stays frozen; its features still come from the cache).
 
 Saving and loading
 ------------------
@@ -51,8 +53,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections import Counter
+import os
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +82,23 @@ ATTENTION_KEY = "riva_attention"
 REASON_KEY = "riva_image_reason"
 RELEVANCES_KEY = "riva_relevances"
 """Metadata ``{embedding name: s_G}`` of every RIVA embedding that embedded the sentence (a stack may hold several)."""
+
+
+@dataclass
+class _Embedded:
+    """One sentence's output: (T, 2H) token states, s_G, the 7 x 7 attention (lists) or None, and whether it
+    had an image (else why not)."""
+
+    states: torch.Tensor
+    s_g: float
+    attention: list | None
+    has_image: bool
+    reason: str | None
+
+
+def _clear_vector_memo(module: RivaEmbeddings, incompatible_keys) -> None:
+    """``load_state_dict`` post hook: new weights, so the memoised outputs are stale."""
+    module.clear_vector_memo()
 
 
 def model_fingerprint(config: RivaConfig, vocab: Vocabulary, length: int = 10) -> str:
@@ -116,6 +137,12 @@ class RivaEmbeddings(TokenEmbeddings):
     memo_size: int = 1024
     """In-process LRU memo of image features (entries of ~100 KB; 0 disables it). Not saved: it
     changes speed, never the output."""
+    vector_memo_size: int = 8192
+    """In-process LRU memo of a frozen embedding's output per sentence (its token texts and image file: path,
+    size and modification time), so that a trainer which does not store embeddings (Flair's
+    ``embeddings_storage_mode="none"``) runs RIVA once per sentence, not once per epoch. 0 disables it;
+    ``fine_tune=True`` never uses it. Not saved; emptied when weights are loaded (``load_state_dict``). Weights
+    changed in place otherwise need :meth:`clear_vector_memo`."""
 
     def __init__(
         self,
@@ -150,6 +177,8 @@ class RivaEmbeddings(TokenEmbeddings):
         self._featurizer: ImageFeaturizer | None = None
         self.image_stats: Counter[str] = Counter()
         """Cumulative counts: ``sentences``, ``with_image``, and ``no image: <reason>`` per reason."""
+        self._vector_memo: OrderedDict[tuple, _Embedded] = OrderedDict()
+        self.register_load_state_dict_post_hook(_clear_vector_memo)
 
         self.model.requires_grad_(False)
         if self.fine_tune:
@@ -187,35 +216,68 @@ class RivaEmbeddings(TokenEmbeddings):
         if not batch:
             return sentences
         grad = self.fine_tune and self.training and torch.is_grad_enabled()
-        with torch.enable_grad() if grad else torch.no_grad():
-            token_lists = [[token.text for token in s] for s in batch]
-            visual = self._visual_features(batch) if self.use_image else None
-            states, s_g, attention = self._run(token_lists, visual)
-        reasons: list[str | None] = list(visual.reasons) if visual is not None else [None] * len(batch)
-        has_image = visual.has_image.tolist() if visual is not None else [False] * len(batch)
-        side = math.isqrt(self.model.config.num_regions)
-        for i, sentence in enumerate(batch):
-            for token, vector in zip(sentence, states[i]):
-                token.set_embedding(self.name, vector if grad else vector.detach())
+        token_lists = [[token.text for token in s] for s in batch]
+        memo = self.vector_memo_size > 0 and not self.fine_tune
+        keys = [self._memo_key(s, tokens) if memo else None for s, tokens in zip(batch, token_lists)]
+        results: list[_Embedded | None] = [self._vector_memo.get(k) if k is not None else None for k in keys]
+        todo = [i for i, r in enumerate(results) if r is None]
+        if todo:
+            with torch.enable_grad() if grad else torch.no_grad():
+                part = [batch[i] for i in todo]
+                visual = self._visual_features(part) if self.use_image else None
+                states, s_g, attention = self._run([token_lists[i] for i in todo], visual)
+            side = math.isqrt(self.model.config.num_regions)
+            for j, i in enumerate(todo):
+                has_image = bool(visual.has_image[j]) if visual is not None else False
+                att = attention[j] if (has_image and attention is not None) else None
+                results[i] = _Embedded(
+                    states[j] if grad else states[j].detach().clone(), float(s_g[j]),
+                    att.detach().float().cpu().view(side, side).tolist() if att is not None else None,
+                    has_image, visual.reasons[j] if visual is not None else None)
+                if keys[i] is not None:
+                    self._vector_memo[keys[i]] = results[i]
+            while len(self._vector_memo) > self.vector_memo_size:
+                self._vector_memo.popitem(last=False)
+        for key in keys:
+            if key is not None and key in self._vector_memo:
+                self._vector_memo.move_to_end(key)
+        done: list[_Embedded] = [r for r in results if r is not None]
+        for sentence, result in zip(batch, done):
+            for token, vector in zip(sentence, result.states):
+                token.set_embedding(self.name, vector)
             by_name = sentence.get_metadata(RELEVANCES_KEY) if sentence.has_metadata(RELEVANCES_KEY) else {}
-            by_name[self.name] = float(s_g[i]) if self.use_image else 0.0
+            by_name[self.name] = result.s_g if self.use_image else 0.0
             sentence.add_metadata(RELEVANCES_KEY, by_name)
             if self.use_image:
-                att = attention[i] if (has_image[i] and attention is not None) else None
-                sentence.add_metadata(RELEVANCE_KEY, float(s_g[i]))
-                sentence.add_metadata(
-                    ATTENTION_KEY,
-                    att.detach().float().cpu().view(side, side).tolist() if att is not None else None,
-                )
-                sentence.add_metadata(REASON_KEY, None if has_image[i] else (reasons[i] or "no image"))
+                sentence.add_metadata(RELEVANCE_KEY, result.s_g)
+                sentence.add_metadata(ATTENTION_KEY, result.attention)
+                sentence.add_metadata(REASON_KEY, None if result.has_image else (result.reason or "no image"))
             elif not sentence.has_metadata(RELEVANCE_KEY):
                 # a text-only instance never overwrites what an image instance in the same stack wrote
                 sentence.add_metadata(RELEVANCE_KEY, 0.0)
                 sentence.add_metadata(ATTENTION_KEY, None)
                 sentence.add_metadata(REASON_KEY, "text only")
         if self.use_image:
-            self._log_missing(len(batch), has_image, reasons)
+            self._log_missing(len(batch), [r.has_image for r in done], [r.reason for r in done])
         return sentences
+
+    def _memo_key(self, sentence: Sentence, tokens: list[str]) -> tuple | None:
+        """The memo key of a sentence: its token texts and its image file (path, size, mtime), or None when
+        the image path cannot be checked (not memoised: the featurizer says why)."""
+        if not self.use_image:
+            return (tuple(tokens),)
+        path, reason = sentence_image(sentence, self.image_key)
+        if path is None:
+            return (tuple(tokens), None, reason)
+        try:
+            stat = os.stat(path)
+        except (OSError, ValueError):
+            return None
+        return (tuple(tokens), os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+
+    def clear_vector_memo(self) -> None:
+        """Forget the memoised outputs (:attr:`vector_memo_size`); needed only after changing weights in place."""
+        self._vector_memo.clear()
 
     # -- images -------------------------------------------------------------------------------------
     def _get_featurizer(self) -> ImageFeaturizer:
@@ -324,6 +386,7 @@ class RivaEmbeddings(TokenEmbeddings):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_featurizer"] = None  # file handles / locks; rebuilt lazily
+        state["_vector_memo"] = OrderedDict()
         return state
 
     def extra_repr(self) -> str:

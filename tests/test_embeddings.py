@@ -403,10 +403,55 @@ def test_storage_mode_cpu_never_embeds_twice(emb):
         emb.embed(sentences)  # second epoch
         assert len(calls) == n, "static RIVA vectors kept by Flair's storage must not be recomputed"
         store_embeddings(sentences, "none")
+        emb.embed(sentences)  # Flair forgot them: the in-process memo still has them
+        assert len(calls) == n, "a frozen RIVA runs once per sentence (vector memo)"
+        store_embeddings(sentences, "none")
+        emb.vector_memo_size = 0
         emb.embed(sentences)
         assert len(calls) > n
     finally:
         hook.remove()
+
+
+def test_the_vector_memo_returns_what_a_fresh_pass_computes(riva, tmp_path):
+    """The memo (storage mode "none": Flair embeds every epoch) changes speed, never the output, metadata
+    included; a changed image file, new weights (load_state_dict) or fine-tuning bypass it."""
+    import shutil
+
+    memo, plain = RivaEmbeddings(riva), RivaEmbeddings(riva)
+    plain.vector_memo_size = 0
+    first, again, fresh = good_sentences(), good_sentences(), good_sentences()
+    memo.embed(first)
+    calls = []
+    hook = riva.vlcn.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        memo.embed(again)
+        assert not calls, "every sentence was memoised"
+        plain.embed(fresh)
+        assert calls
+    finally:
+        hook.remove()
+    for a, b in zip(again, fresh):
+        assert torch.allclose(vectors(a, memo.name), vectors(b, plain.name), atol=1e-6)
+    for a, b in zip(again, fresh):
+        assert a.get_metadata("riva_relevance") == pytest.approx(b.get_metadata("riva_relevance"), abs=1e-6)
+        assert a.get_metadata("riva_image_reason") == b.get_metadata("riva_image_reason")
+        assert (a.get_metadata("riva_attention") is None) == (b.get_metadata("riva_attention") is None)
+
+    image = tmp_path / "img.png"
+    shutil.copy(IMAGES[0], image)
+    memo.embed([make("look at this", image)])
+    size = len(memo._vector_memo)
+    shutil.copy(IMAGES[1], image)  # same path, other picture
+    os.utime(image, ns=(1, 1))
+    memo.embed([make("look at this", image)])
+    assert len(memo._vector_memo) == size + 1, "a changed image file is a new key"
+
+    memo.load_state_dict(memo.state_dict())
+    assert not memo._vector_memo, "new weights empty the memo"
+    tuned = RivaEmbeddings(copy.deepcopy(riva), fine_tune=True)
+    tuned.embed(good_sentences())
+    assert not tuned._vector_memo
 
 
 def test_fine_tune_trains_the_text_and_lstm_parts_not_the_backbone(riva):
