@@ -76,3 +76,22 @@ def test_cli_prints_the_table_and_writes_json(world, model_dir, tmp_path, capsys
 def test_cli_bad_model_is_one_error_line(world, tmp_path, capsys):
     assert main(["--model", str(tmp_path / "nothing"), "--corpus", str(world.ner_dir)]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_probe_stages_recipe_agrees_with_the_probe_on_the_token_vectors(world, model_dir, capsys):
+    """recipes/probe_stages.py probes each stage of the image path; its last stage ([fwd; bwd]) is what
+    the probe reads, so both score the same."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    import probe_stages
+
+    assert probe_stages.main(["--model", str(model_dir), "--world", str(world.root)]) == 0
+    own = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| own"))
+    cells = [c.strip() for c in own.strip("|").split("|")]
+    assert len(cells) == 2 + len(probe_stages.STAGES) and int(cells[1]) > 0
+    corpus = TwitterMNERCorpus(world.ner_dir)
+    report = run_probe(RivaModel.load(model_dir), list(corpus.train), list(corpus.dev),
+                       relation_truth=read_relation_truth(world.relation_truth_file))
+    assert float(cells[-1]) == pytest.approx(100 * report.accuracy["own"]["image adds, text-ambiguous"], abs=0.06)
