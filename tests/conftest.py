@@ -101,6 +101,18 @@ def world(tmp_path_factory):
     return generate_demo_world(tmp_path_factory.mktemp("world"), scale="tiny")
 
 
+@pytest.fixture(scope="module")
+def corpus(world):
+    """The tiny demo world's MNER corpus, one per test module (tests add embeddings to its sentences)."""
+    from flair_riva.datasets import TwitterMNERCorpus
+
+    return TwitterMNERCorpus(world.ner_dir)  # images in ner_dir/images (the demo world's layout)
+
+
+#: The real photos shipped with the tests (tests/data/images/SOURCE.md).
+IMAGES = sorted((Path(__file__).parent / "data" / "images").glob("*.jpg"))
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("feature-cache")

@@ -27,29 +27,14 @@ from flair.embeddings.base import load_embeddings
 from flair.training_utils import store_embeddings
 
 from flair_riva.config import RivaConfig
-from flair_riva.datasets import TwitterMNERCorpus
-from flair_riva.demo import generate_demo_world
 from flair_riva.embeddings import RivaEmbeddings
 from flair_riva.model import CheckpointError, RivaModel
 from flair_riva.vision import ImageFeaturizer
-from tests.conftest import TINY
-
-IMAGES = sorted((Path(__file__).parent / "data" / "images").glob("*.jpg"))
-
+from tests.conftest import IMAGES, TINY
 
 # --------------------------------------------------------------------------------------------------
 # fixtures
 # --------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return generate_demo_world(tmp_path_factory.mktemp("world"), size="tiny")
-
-
-@pytest.fixture(scope="module")
-def corpus(world) -> TwitterMNERCorpus:
-    return TwitterMNERCorpus(world.ner_dir)  # images in ner_dir/images (the demo world's layout)
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,9 @@ import torch
 
 from flair_riva.config import RivaConfig
 from flair_riva.datasets import TwitterMNERCorpus
-from flair_riva.demo import generate_demo_world
 from flair_riva.model import RivaModel
 from flair_riva.probe import derangement, fit_logistic_regression, main, predict, read_relation_truth, run_probe
 from tests.conftest import TINY
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return generate_demo_world(tmp_path_factory.mktemp("world"), scale="tiny")
 
 
 @pytest.fixture(scope="module")

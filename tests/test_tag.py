@@ -16,26 +16,13 @@ from flair.embeddings import StackedEmbeddings, WordEmbeddings
 from flair.models import SequenceTagger
 
 from flair_riva.config import RivaConfig
-from flair_riva.datasets import CorpusFormatError, TwitterMNERCorpus, iter_imgid_tweets
-from flair_riva.demo import generate_demo_world
+from flair_riva.datasets import CorpusFormatError, iter_imgid_tweets
 from flair_riva.embeddings import RivaEmbeddings
 from flair_riva.model import RivaModel
 from flair_riva.scoring import predicted_bio, strict_f1
 from flair_riva.tag import count_complete_records, detect_format, main, read_records, riva_embeddings, tag_file
 from flair_riva.text import tokenize_tweet
-from tests.conftest import TINY
-
-IMAGES = sorted((Path(__file__).parent / "data" / "images").glob("*.jpg"))
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return generate_demo_world(tmp_path_factory.mktemp("world"), size="tiny")
-
-
-@pytest.fixture(scope="module")
-def corpus(world) -> TwitterMNERCorpus:
-    return TwitterMNERCorpus(world.ner_dir)
+from tests.conftest import IMAGES, TINY
 
 
 @pytest.fixture(scope="module")
