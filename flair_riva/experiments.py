@@ -304,6 +304,7 @@ def train_one(config: str, seed: int, args: ExperimentArgs, relevance: list[floa
             log.info("%s seed %d: finished before, reusing %s", config, seed, run_dir / RESULT_FILE)
             return done
         log.info("%s seed %d: %s was written with other settings: training again", config, seed, run_dir)
+    clear_run_dir(run_dir)  # Flair appends to an old loss.tsv (the epoch count would add up)
     flair.set_seed(seed)
     embeddings = build_embeddings(config, args)
     corpus = args.corpus
@@ -377,6 +378,16 @@ def run_settings(args: ExperimentArgs) -> dict:
         if weights is not None and weights.is_file():
             settings[key] += f" (weights written {weights.stat().st_mtime_ns})"
     return settings
+
+
+#: What Flair's ModelTrainer and :func:`train_one` write into a run folder.
+RUN_FILES = ("loss.tsv", "training.log", "dev.tsv", "test.tsv", "best-model.pt", "final-model.pt", RESULT_FILE)
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Remove what an earlier, unfinished or differently configured run left in ``run_dir``."""
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def _epochs_run(run_dir: Path) -> int:

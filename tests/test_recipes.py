@@ -136,3 +136,16 @@ def test_protocol_is_the_same_for_every_configuration():
     assert args.hidden_size == 256 and (args.dropout, args.word_dropout, args.locked_dropout) == (0.0, 0.05, 0.5)
     line = mner.protocol_line(args)
     assert "hidden size 256 for every configuration" in line and "locked dropout 0.5" in line
+
+
+def test_a_run_folder_trained_again_starts_clean(tmp_path):
+    """Flair appends to an existing loss.tsv: a run trained again with other settings counted both runs'
+    epochs (8 + 10 = 18 of at most 10)."""
+    run = tmp_path / "text-seed1"
+    run.mkdir()
+    for name in mner.RUN_FILES:
+        (run / name).write_text("old", encoding="utf-8")
+    (run / "keep.txt").write_text("not Flair's", encoding="utf-8")
+    mner.clear_run_dir(run)
+    assert sorted(p.name for p in run.iterdir()) == ["keep.txt"]
+    mner.clear_run_dir(tmp_path / "missing")  # nothing there: nothing to do
