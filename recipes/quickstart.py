@@ -1,13 +1,14 @@
 """The quickstart: the whole RIVA pipeline on the built-in demo world, in minutes on a CPU.
 
 1. generate the demo world (flair_riva.demo);
-2. pretrain three RIVA models with ``python -m flair_riva.pretrain`` (teacher, pseudo-labels,
-   Algorithm 1): RIVA (image+text), RIVA(text) (``--no-image``) and -RGN (``--no-gate``), two at a time;
+2. pretrain RIVA models with ``python -m flair_riva.pretrain`` (teacher, pseudo-labels, Algorithm 1):
+   RIVA (image+text) and RIVA(text) (``--no-image``), and -RGN (``--no-gate``) when its tagger or probe is
+   asked for, two at a time;
 3. the evidence that the image is used: each model's image gain and gate separation on its held-out
    pairs (``metrics.tsv``), the entity-type probe on frozen vectors (``python -m flair_riva.probe``: own,
    shuffled and no images), and the mean s_G on test tweets whose image adds or not;
-4. train Flair's biLSTM-CRF on the demo MNER corpus for: text; + RIVA(text); + RIVA(image+text); -RGN
-   (and with ``--configs`` the image+text ``[IMG]`` baseline), two at a time, and print the F1 table,
+4. train Flair's biLSTM-CRF on the demo MNER corpus for: text; + RIVA(text); + RIVA(image+text) (and with
+   ``--all-configs`` -RGN and the image+text ``[IMG]`` baseline), two at a time, and print the F1 table,
    with the test tweets split by whether their image adds (the demo world's ground truth);
 5. draw one Table 7 figure.
 
