@@ -41,6 +41,13 @@ RUN_ARTIFACTS = (RUN_ARGS_FILE, RUN_STATE_FILE, VOCAB_FILE, PSEUDO_FILE, METRICS
 PATH_ARGS = frozenset({"relation_data", "unlabelled", "image_dir", "word_vectors", "demo_dir", "backbone_weights"})
 
 
+def read_run_args(folder: Path) -> dict[str, Any] | None:
+    """The ``args`` of ``folder/run_args.json``, or None when the file is missing or unreadable."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        return json.loads((folder / RUN_ARGS_FILE).read_text(encoding="utf-8")).get("args")
+    return None
+
+
 def same_arg(name: str, previous: Any, current: Any) -> bool:
     """Whether a run_args.json entry is unchanged (paths compared resolved)."""
     if previous == current:
@@ -173,9 +180,7 @@ class RunFolder:
                 (out / name).unlink(missing_ok=True)
             present = []
         if args_file.exists() or present:
-            previous = None
-            with contextlib.suppress(OSError, ValueError, AttributeError):
-                previous = json.loads(args_file.read_text(encoding="utf-8")).get("args")
+            previous = read_run_args(out)
             if overwrite:
                 self._wipe(present)
             elif previous is None:

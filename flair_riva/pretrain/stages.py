@@ -7,7 +7,6 @@ plain dict (:class:`~flair_riva.pretrain.run_folder.RunState`). They run on rank
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter
@@ -24,10 +23,10 @@ from flair_riva.pretrain.inputs import CLASS_NAMES, RunInputs, reason_summary
 from flair_riva.pretrain.options import PretrainError
 from flair_riva.pretrain.run_folder import (
     PSEUDO_FILE,
-    RUN_ARGS_FILE,
     PseudoRecord,
     TeacherRecord,
     VocabularyRecord,
+    read_run_args,
     same_arg,
 )
 from flair_riva.pretrain.state import seed_everything
@@ -214,16 +213,12 @@ def _check_teacher_run(path: Path, run: RunInputs) -> None:
     """A reused teacher must come from a run with the same labelled pairs and split (its ``run_args.json``,
     beside the teacher folder, when there is one): otherwise its training pairs would be scored as test
     pairs, and a seeded random-init backbone would differ."""
-    args_file = path.parent / RUN_ARGS_FILE
-    try:
-        other = json.loads(args_file.read_text(encoding="utf-8"))["args"]
-    except (OSError, ValueError, KeyError, TypeError):
+    other = read_run_args(path.parent)
+    current = read_run_args(run.folder.path)  # written by RunFolder.prepare before the stages
+    if not isinstance(other, dict) or not isinstance(current, dict):
         return  # a teacher folder on its own: the backbone check below still applies
-    c = run.config
-    current = {"relation_data": str(run.data.relation) if run.data.relation else None, "seed": c.seed,
-               "test_fraction": c.test_fraction, "dev_fraction": c.dev_fraction}  # as run_args.json has them
-    differ = [f"{name}: {other[name]!r} -> {current[name]!r}" for name in SPLIT_ARGS
-              if name in other and not same_arg(name, other[name], current[name])]
+    differ = [f"{name}: {other[name]!r} -> {current.get(name)!r}" for name in SPLIT_ARGS
+              if name in other and not same_arg(name, other[name], current.get(name))]
     if differ:
         raise PretrainError(f"--teacher {path} comes from a run with other labelled pairs or another split "
                             f"({'; '.join(differ)}): its training pairs would be scored as this run's test pairs")
