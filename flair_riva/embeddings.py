@@ -138,8 +138,8 @@ class RivaEmbeddings(TokenEmbeddings):
     """In-process LRU memo of image features (entries of ~100 KB; 0 disables it). Not saved: it
     changes speed, never the output."""
     vector_memo_size: int = 8192
-    """In-process LRU memo of a frozen embedding's output per sentence (its token texts and image file: path,
-    size and modification time), so that a trainer which does not store embeddings (Flair's
+    """In-process LRU memo of a frozen embedding's output per sentence (its token texts and image file: device,
+    inode, size and modification time), so that a trainer which does not store embeddings (Flair's
     ``embeddings_storage_mode="none"``) runs RIVA once per sentence, not once per epoch. 0 disables it;
     ``fine_tune=True`` never uses it. Not saved; emptied when weights are loaded (``load_state_dict``). Weights
     changed in place otherwise need :meth:`clear_vector_memo`."""
@@ -219,7 +219,11 @@ class RivaEmbeddings(TokenEmbeddings):
         token_lists = [[token.text for token in s] for s in batch]
         memo = self.vector_memo_size > 0 and not self.fine_tune
         keys = [self._memo_key(s, tokens) if memo else None for s, tokens in zip(batch, token_lists)]
-        results: list[_Embedded | None] = [self._vector_memo.get(k) if k is not None else None for k in keys]
+        results: list[_Embedded | None] = []
+        for key in keys:
+            results.append(self._vector_memo.get(key) if key is not None else None)
+            if results[-1] is not None:
+                self._vector_memo.move_to_end(key)  # least recently used first
         todo = [i for i, r in enumerate(results) if r is None]
         if todo:
             with torch.enable_grad() if grad else torch.no_grad():
@@ -238,10 +242,7 @@ class RivaEmbeddings(TokenEmbeddings):
                     self._vector_memo[keys[i]] = results[i]
             while len(self._vector_memo) > self.vector_memo_size:
                 self._vector_memo.popitem(last=False)
-        for key in keys:
-            if key is not None and key in self._vector_memo:
-                self._vector_memo.move_to_end(key)
-        done: list[_Embedded] = [r for r in results if r is not None]
+        done: list[_Embedded] = [r for r in results if r is not None]  # every one, now
         for sentence, result in zip(batch, done):
             for token, vector in zip(sentence, result.states):
                 token.set_embedding(self.name, vector)
@@ -262,8 +263,8 @@ class RivaEmbeddings(TokenEmbeddings):
         return sentences
 
     def _memo_key(self, sentence: Sentence, tokens: list[str]) -> tuple | None:
-        """The memo key of a sentence: its token texts and its image file (path, size, mtime), or None when
-        the image path cannot be checked (not memoised: the featurizer says why)."""
+        """The memo key of a sentence: its token texts and its image file (device, inode, size, mtime), or
+        None when the image path cannot be checked (not memoised: the featurizer says why)."""
         if not self.use_image:
             return (tuple(tokens),)
         path, reason = sentence_image(sentence, self.image_key)
@@ -273,7 +274,7 @@ class RivaEmbeddings(TokenEmbeddings):
             stat = os.stat(path)
         except (OSError, ValueError):
             return None
-        return (tuple(tokens), os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+        return (tuple(tokens), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
     def clear_vector_memo(self) -> None:
         """Forget the memoised outputs (:attr:`vector_memo_size`); needed only after changing weights in place."""
