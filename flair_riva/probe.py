@@ -27,7 +27,7 @@ import logging
 import random
 import sys
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +88,14 @@ def entity_examples(sentences: Sequence[Sentence], embedding_name: str, tag_type
             vector = span.tokens[0].get_embedding([embedding_name]).detach().float().cpu()
             examples.append(ProbeExample(vector, span.get_label(tag_type).value, span.text.lower(), image_id))
     return examples
+
+
+def text_ambiguous(surface_labels: Iterable[tuple[str, str]]) -> set[str]:
+    """The surface forms annotated with more than one type: only context or image can tell their type."""
+    labels: dict[str, set[str]] = defaultdict(set)
+    for surface, label in surface_labels:
+        labels[surface].add(label)
+    return {surface for surface, found in labels.items() if len(found) > 1}
 
 
 def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float = 1e-2,
@@ -168,10 +176,7 @@ def run_probe(model, train: Sequence[Sentence], dev: Sequence[Sentence], *, feat
         x = torch.stack([e.vector for e in train_examples])
         y = torch.tensor([index[e.label] for e in train_examples])
         params = fit_logistic_regression(x, y, len(types))
-        surfaces: dict[str, set[str]] = defaultdict(set)
-        for e in train_examples:
-            surfaces[e.surface].add(e.label)
-        ambiguous = {s for s, labels in surfaces.items() if len(labels) > 1}
+        ambiguous = text_ambiguous((e.surface, e.label) for e in train_examples)
 
         report = ProbeReport(train_entities=len(train_examples))
         for condition, embedding in conditions.items():

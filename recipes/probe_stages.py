@@ -28,7 +28,7 @@ import torch
 
 from flair_riva.datasets import TwitterMNERCorpus, read_relation_truth, sentence_image
 from flair_riva.model import RivaModel
-from flair_riva.probe import derangement, fit_logistic_regression, predict
+from flair_riva.probe import derangement, fit_logistic_regression, predict, text_ambiguous
 from flair_riva.vision import open_featurizer
 
 STAGES = ("pooled", "v_c", "g", "fwd", "bwd", "both")
@@ -78,10 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     types = sorted({e[0] for e in train_entities})
     index = {t: i for i, t in enumerate(types)}
     y = torch.tensor([index[e[0]] for e in train_entities])
-    labels: dict[str, set[str]] = defaultdict(set)
-    for label, surface, _ in train_entities:
-        labels[surface].add(label)
-    ambiguous = {s for s, found in labels.items() if len(found) > 1}
+    ambiguous = text_ambiguous((surface, label) for label, surface, _ in train_entities)
     probes = {name: fit_logistic_regression(train_x[name], y, len(types)) for name in STAGES}
     print(f"{args.model}: dev accuracy (%) on text-ambiguous entities of tweets whose image adds")
     print("| images | n | " + " | ".join(STAGES) + " |")
