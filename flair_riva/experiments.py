@@ -49,7 +49,6 @@ import flair
 import torch
 from flair.data import Corpus, Dictionary, Sentence
 from flair.embeddings import (
-    CharacterEmbeddings,
     FlairEmbeddings,
     StackedEmbeddings,
     TokenEmbeddings,
@@ -60,11 +59,14 @@ from flair.models import SequenceTagger
 from flair.trainers import ModelTrainer
 from flair.trainers.plugins.base import TrainerPlugin, TrainingInterrupt
 
+from flair_riva.char_embeddings import CharLSTMEmbeddings
 from flair_riva.datasets import GOLD_TAGS_KEY
 from flair_riva.scoring import predicted_bio, strict_f1
 
 log = logging.getLogger("flair")
 
+#: The character half of every tagger's word + character input (:mod:`flair_riva.char_embeddings`).
+CHARACTER_ENCODER = "CharLSTMEmbeddings 25/25 (Lample et al. 2016)"
 TABLE4 = ["text", "image+text", "+RIVA(text)", "+RIVA(image+text)"]
 TABLE5 = ["+BERT", "+RIVA+BERT", "+RIVA+BERT+Flair"]
 TABLE6 = ["+RIVA(image+text)", "-RGN"]
@@ -202,7 +204,7 @@ def build_embeddings(config: str, args: ExperimentArgs) -> list[TokenEmbeddings]
     else:  # no pretrained vectors (the demo world): randomly initialised word vectors trained with the tagger
         base.append(WordEmbeddings(str(_random_vectors(args.corpus, cache / "random-word-vectors.kv")),
                                    fine_tune=True, name="word"))
-    base.append(CharacterEmbeddings(str(_char_dictionary(args.corpus, cache / "chars.pkl")), 25, 25))
+    base.append(CharLSTMEmbeddings(str(_char_dictionary(args.corpus, cache / "chars.pkl"))))  # Lample et al. 25 / 25
     fc = str(args.feature_cache) if args.feature_cache else None
 
     def need(path: Path | None, option: str) -> Path:
@@ -373,6 +375,7 @@ def run_settings(args: ExperimentArgs) -> dict:
             "dropout", "word_dropout", "locked_dropout", "word_vectors", "riva", "riva_text", "riva_nogate", "bert",
             "flair_forward", "flair_backward")
     settings = {k: str(getattr(args, k)) if isinstance(getattr(args, k), Path) else getattr(args, k) for k in keys}
+    settings["character_encoder"] = CHARACTER_ENCODER  # results of Flair's CharacterEmbeddings are not reused
     for key in ("riva", "riva_text", "riva_nogate"):  # a model pretrained again under the same path is another model
         weights = Path(settings[key]) / "model.safetensors" if settings[key] is not None else None
         if weights is not None and weights.is_file():

@@ -9,7 +9,10 @@ on dev three ways:
 * ``own``: each dev tweet with its own image;
 * ``shuffled``: the dev images permuted among the dev tweets (a control: if ``own`` is not above it,
   the vectors do not use the image);
-* ``no_image``: every dev tweet without an image (s_G = 0).
+* ``no_image``: every dev tweet without an image (s_G = 0);
+* ``text_bow``: no RIVA at all, a control of what the text alone tells a linear probe: the same logistic
+  regression on the bag of words of the entity's tweet (its :data:`BOW_WORDS` most frequent train words)
+  plus its surface form. Where RIVA(text) is below chance, this shows whether the text itself points away.
 
 Scores are reported for all entities and for the *text-ambiguous* ones (surface forms annotated with
 more than one type in the train split: only context or image can tell their type), and, given a
@@ -49,6 +52,8 @@ class ProbeExample:
     label: str
     surface: str
     image_id: str | None
+    words: tuple[str, ...] = ()
+    """The tweet's tokens, lowercased (for the ``text_bow`` control)."""
 
 
 @dataclass
@@ -56,7 +61,7 @@ class ProbeReport:
     """Accuracies (in [0, 1]) of the entity-type probe on dev, per condition and subset."""
 
     accuracy: dict[str, dict[str, float]] = field(default_factory=dict)
-    """``accuracy[condition][subset]``; conditions ``own``, ``shuffled``, ``no_image``."""
+    """``accuracy[condition][subset]``; conditions ``own``, ``shuffled``, ``no_image`` and ``text_bow``."""
     counts: dict[str, int] = field(default_factory=dict)
     """Number of dev entities per subset."""
     chance: dict[str, float] = field(default_factory=dict)
@@ -84,10 +89,35 @@ def entity_examples(sentences: Sequence[Sentence], embedding_name: str, tag_type
     examples = []
     for sentence in sentences:
         image_id = sentence.get_metadata("image_id") if sentence.has_metadata("image_id") else None
+        words = tuple(token.text.lower() for token in sentence)
         for span in sentence.get_spans(tag_type):
             vector = span.tokens[0].get_embedding([embedding_name]).detach().float().cpu()
-            examples.append(ProbeExample(vector, span.get_label(tag_type).value, span.text.lower(), image_id))
+            examples.append(ProbeExample(vector, span.get_label(tag_type).value, span.text.lower(), image_id,
+                                         words))
     return examples
+
+
+#: Vocabulary size of the ``text_bow`` control (the most frequent words of the train tweets).
+BOW_WORDS = 2000
+
+
+def bag_of_words(train: Sequence[ProbeExample], dev: Sequence[ProbeExample], size: int = BOW_WORDS
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """0/1 features of each example: the ``size`` most frequent words of the train tweets present in its
+    tweet, and its surface form (one feature per train surface form). Returns ``(x_train, x_dev)``."""
+    counts = Counter(w for e in train for w in set(e.words))
+    index = {("w", w): i for i, (w, _) in enumerate(counts.most_common(size))}
+    for surface in sorted({e.surface for e in train}):
+        index[("s", surface)] = len(index)
+
+    def encode(examples: Sequence[ProbeExample]) -> torch.Tensor:
+        x = torch.zeros(len(examples), len(index))
+        for row, e in enumerate(examples):
+            columns = [index[k] for k in [("w", w) for w in set(e.words)] + [("s", e.surface)] if k in index]
+            x[row, columns] = 1.0
+        return x
+
+    return encode(train), encode(dev)
 
 
 def text_ambiguous(surface_labels: Iterable[tuple[str, str]]) -> set[str]:
@@ -179,6 +209,8 @@ def run_probe(model, train: Sequence[Sentence], dev: Sequence[Sentence], *, feat
         ambiguous = text_ambiguous((e.surface, e.label) for e in train_examples)
 
         report = ProbeReport(train_entities=len(train_examples))
+        own_examples: list[ProbeExample] = []
+        own_subsets: dict[str, list[int]] = {}
         for condition, embedding in conditions.items():
             _embed(embedding, dev, batch_size)
             examples = [e for e in entity_examples(dev, "riva-probe", tag_type) if e.label in index]
@@ -192,6 +224,13 @@ def run_probe(model, train: Sequence[Sentence], dev: Sequence[Sentence], *, feat
                 report.counts = {name: len(members) for name, members in subsets.items()}
                 report.chance = {name: Counter(examples[i].label for i in members).most_common(1)[0][1] / len(members)
                                  for name, members in subsets.items()}
+                own_examples, own_subsets = examples, subsets
+        if own_examples:  # the text-only control: the same probe on the tweet's bag of words
+            x_train, x_dev = bag_of_words(train_examples, own_examples)
+            bow = predict(fit_logistic_regression(x_train, y, len(types)), x_dev)
+            correct = [int(bow[i]) == index[e.label] for i, e in enumerate(own_examples)]
+            report.accuracy["text_bow"] = {
+                name: sum(correct[i] for i in members) / len(members) for name, members in own_subsets.items()}
         return report
     finally:
         for sentence in dev:

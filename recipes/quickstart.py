@@ -7,8 +7,8 @@
 3. the evidence that the image is used: each model's image gain and gate separation on its held-out
    pairs (``metrics.tsv``), the entity-type probe on frozen vectors (``python -m flair_riva.probe``: own,
    shuffled and no images), and the mean s_G on test tweets whose image adds or not;
-4. train Flair's biLSTM-CRF on the demo MNER corpus for: text; + RIVA(text); + RIVA(image+text) (and with
-   ``--all-configs`` -RGN and the image+text ``[IMG]`` baseline), two at a time, and print the F1 table,
+4. train Flair's biLSTM-CRF on the demo MNER corpus for: text; the image+text ``[IMG]`` baseline;
+   + RIVA(text); + RIVA(image+text) (and with ``--all-configs`` -RGN), two at a time, and print the F1 table,
    with the test tweets split by whether their image adds (the demo world's ground truth);
 5. draw one Table 7 figure.
 
@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import os
+import runpy
 import statistics
 import subprocess
 import sys
@@ -47,22 +48,46 @@ QUICK_MODEL = ["--rgn-hidden-size", "64", "--rgn-layers", "1", "--vlcn-hidden-si
 MODELS = {"riva": [], "riva-text": ["--no-image"], "riva-nogate": ["--no-gate"]}
 #: The pretrained model each tagger configuration stacks.
 MODEL_OF = {"+RIVA(image+text)": "riva", "-RGN": "riva-nogate", "+RIVA(text)": "riva-text"}
+#: ... and the model whose ResNet the image+text [IMG] baseline reads (the same frozen backbone as RIVA's).
+BACKBONE_OF = {"image+text": "riva"}
 CONFIGS = ["text", "image+text", "+RIVA(text)", "+RIVA(image+text)", "-RGN"]
 #: What the quickstart trains and probes by default (to stay within ~10 minutes on 2 cores with 12 epochs of
-#: Algorithm 1); the README's 3-seed figures add the image+text [IMG] baseline and -RGN (--all-configs).
-QUICK_CONFIGS = ["text", "+RIVA(text)", "+RIVA(image+text)"]
+#: Algorithm 1); the README's 3-seed figures add -RGN (--all-configs), which needs a third pretraining run.
+QUICK_CONFIGS = ["text", "image+text", "+RIVA(text)", "+RIVA(image+text)"]
 QUICK_PROBES = ["riva", "riva-text"]
+#: Row labels of the probe's conditions (``flair_riva.probe``).
+PROBE_CONDITIONS = {"own": "own images", "shuffled": "shuffled images", "no_image": "no image"}
 
 
 @dataclass
 class Job:
-    """One step of the quickstart: a command, or a tagger (configuration, seed) in a worker process. It
-    starts once every path in ``needs`` exists (each written atomically by an earlier job)."""
+    """One step of the quickstart: a command (a subprocess), a ``python -m`` module run or a tagger
+    (configuration, seed) in a worker process. It starts once every path in ``needs`` exists (each written
+    atomically by an earlier job)."""
 
     name: str
     needs: list[Path] = field(default_factory=list)
     command: list[str] | None = None
+    #: ``[module, *args]``: ``python -m module args`` inside a worker, which imported torch and Flair once
+    #: (~12 s of a 2-core machine per process) for all the jobs it runs
+    module: list[str] | None = None
     tagger: tuple[str, int] | None = None
+
+
+def _module_job(module: list[str]) -> None:
+    """``python -m module args`` in this worker: the module runs as ``__main__`` with ``sys.argv`` set."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    saved = sys.argv
+    sys.argv = [module[0], *module[1:]]
+    try:
+        runpy.run_module(module[0], run_name="__main__", alter_sys=True)
+    except SystemExit as done:
+        if done.code not in (None, 0):
+            raise subprocess.CalledProcessError(done.code if isinstance(done.code, int) else 1,
+                                                ["python", "-m", *module]) from None
+    finally:
+        sys.argv = saved
 
 
 def run_jobs(jobs: list[Job], workers: int, settings: dict) -> list[dict]:
@@ -78,8 +103,12 @@ def run_jobs(jobs: list[Job], workers: int, settings: dict) -> list[dict]:
                         break
                     pending.remove(job)
                     log.info("starting %s", job.name)
-                    handle = (subprocess.Popen(job.command) if job.command is not None
-                              else pool.submit(_tagger_job, *job.tagger, settings))
+                    if job.command is not None:
+                        handle = subprocess.Popen(job.command)
+                    elif job.module is not None:
+                        handle = pool.submit(_module_job, job.module)
+                    else:
+                        handle = pool.submit(_tagger_job, *job.tagger, settings)
                     running.append((job, handle))
                 if pending and not running:
                     raise RuntimeError(f"{pending[0].name} waits for {pending[0].needs}, which no job writes")
@@ -93,8 +122,10 @@ def run_jobs(jobs: list[Job], workers: int, settings: dict) -> list[dict]:
                             raise subprocess.CalledProcessError(handle.returncode, job.command)
                     elif not handle.done():
                         continue
-                    else:
+                    elif job.tagger is not None:
                         rows.append(handle.result())
+                    else:
+                        handle.result()  # raises what the module raised
                     running.remove(item)
                     log.info("finished %s", job.name)
         finally:
@@ -128,18 +159,29 @@ def pretrain_jobs(world, output: Path, epochs: int, teacher_epochs: int, names: 
         if name == "riva-nogate":
             needs = [output / "riva" / "teacher" / "config.json"]
             extra = extra + ["--teacher", str(output / "riva" / "teacher")]
-        jobs.append(Job(f"pretraining {name}", needs, [
-            sys.executable, "-m", "flair_riva.pretrain", "--demo-dir", str(world.root), "--output", str(output / name),
+        jobs.append(Job(f"pretraining {name}", needs, module=[
+            "flair_riva.pretrain", "--demo-dir", str(world.root), "--output", str(output / name),
             "--freeze-backbone", "--backbone-weights", "none", "--feature-cache", str(world.root / "feature-cache"),
             "--overwrite", "--no-progress", "--epochs", str(epochs), "--teacher-epochs", str(teacher_epochs),
             *QUICK_MODEL, *extra]))
     return jobs
 
 
+def tagger_jobs(configs: list[str], seeds: int, output: Path) -> list[Job]:
+    """One job per configuration and seed, waiting for the pretrained model it reads; those that stack RIVA
+    vectors first (the longest, so they start first once their model exists)."""
+    jobs = []
+    for config in sorted(configs, key=lambda c: c not in MODEL_OF):
+        model = MODEL_OF.get(config) or BACKBONE_OF.get(config)
+        needs = [output / model / "final" / "config.json"] if model else []
+        jobs += [Job(f"tagger {config} seed {seed}", needs, tagger=(config, seed)) for seed in range(1, seeds + 1)]
+    return jobs
+
+
 def probe_jobs(world, output: Path, names: list[str]) -> list[Job]:
     """``python -m flair_riva.probe`` for each named model that has no probe.json yet, once it is pretrained."""
-    return [Job(f"probe {name}", [output / name / "final" / "config.json"], [
-        sys.executable, "-m", "flair_riva.probe", "--model", str(output / name / "final"), "--corpus",
+    return [Job(f"probe {name}", [output / name / "final" / "config.json"], module=[
+        "flair_riva.probe", "--model", str(output / name / "final"), "--corpus",
         str(world.ner_dir), "--feature-cache", str(world.root / "feature-cache"), "--relation-truth",
         str(world.relation_truth_file), "--output", str(output / name / "probe.json")])
         for name in names if not (output / name / "probe.json").exists()]
@@ -185,15 +227,21 @@ def probe_table(output: Path) -> str:
     """One row per model and condition: accuracy on related text-ambiguous dev entities and on all."""
     lines = ["| vectors | dev entities, all | text-ambiguous, image adds | text-ambiguous, image doesn't add |",
              "|---|---:|---:|---:|"]
+    subsets = ("all", "image adds, text-ambiguous", "image doesn't add, text-ambiguous")
+
+    def row(label: str, acc: dict) -> str:
+        cells = ("–" if acc.get(k) is None else f"{100 * acc[k]:.1f}" for k in subsets)
+        return f"| {label} | " + " | ".join(cells) + " |"
+
     for name in MODELS:
         if not (output / name / "probe.json").exists():
             continue
         report = json.loads((output / name / "probe.json").read_text(encoding="utf-8"))
-        for condition, acc in report["accuracy"].items():
-            cells = [acc.get(k) for k in ("all", "image adds, text-ambiguous", "image doesn't add, text-ambiguous")]
-            lines.append(f"| {name}, {condition} images | " + " | ".join(
-                "–" if c is None else f"{100 * c:.1f}" for c in cells) + " |")
+        lines += [row(f"{name}, {PROBE_CONDITIONS[c]}", acc)
+                  for c, acc in report["accuracy"].items() if c != "text_bow"]
     report = json.loads((output / "riva" / "probe.json").read_text(encoding="utf-8"))
+    if "text_bow" in report["accuracy"]:  # the same for every model: the text alone, no RIVA
+        lines.append(row("no RIVA: bag of words of the tweet (text-only control)", report["accuracy"]["text_bow"]))
     chance = report["chance"]
     lines.append("| chance (most frequent type) | " + " | ".join(
         f"{100 * chance[k]:.1f}" if k in chance else "–"
@@ -231,10 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                 "configs": args.configs, "seeds": args.seeds, "epochs": args.epochs, "batch_size": args.batch_size}
     # One queue for everything, in order of priority: each job starts as soon as its inputs exist, so the
     # text tagger and the probes fill the gaps while the longer pretraining runs go on.
-    taggers = [Job(f"tagger {config} seed {seed}",
-                   [output / MODEL_OF[config] / "final" / "config.json"] if config in MODEL_OF else [],
-                   tagger=(config, seed))
-               for config in args.configs for seed in range(1, args.seeds + 1)]
+    taggers = tagger_jobs(args.configs, args.seeds, output)
     # the probes last: they are short and fill the end, when one worker would otherwise wait for the other
     names = needed_models(args.configs, args.probe)
     jobs = (pretrain_jobs(world, output, args.pretrain_epochs, args.teacher_epochs, names)

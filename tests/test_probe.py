@@ -10,7 +10,16 @@ import torch
 from flair_riva.config import RivaConfig
 from flair_riva.datasets import TwitterMNERCorpus
 from flair_riva.model import RivaModel
-from flair_riva.probe import derangement, fit_logistic_regression, main, predict, read_relation_truth, run_probe
+from flair_riva.probe import (
+    ProbeExample,
+    bag_of_words,
+    derangement,
+    fit_logistic_regression,
+    main,
+    predict,
+    read_relation_truth,
+    run_probe,
+)
 from tests.conftest import TINY
 
 
@@ -41,12 +50,30 @@ def test_logistic_regression_separates_separable_classes():
     assert float((predict(params, x[200:]) == y[200:]).float().mean()) > 0.95
 
 
+def test_bag_of_words_control_reads_the_type_off_the_words_it_was_trained_on():
+    """The text-only control sees train words and surface forms, nothing else: a cue word of the train
+    tweets decides the type; a dev word never seen in train is no feature."""
+    def example(words: str, label: str, surface: str = "jordan") -> ProbeExample:
+        return ProbeExample(torch.zeros(1), label, surface, None, tuple(words.split()))
+
+    train = [example(f"{cue} {surface} today", label, surface) for cue, label in (("scored", "PER"), ("visit", "LOC"))
+             for surface in ("jordan", "paris", "georgia") for _ in range(5)]
+    dev = [example("visit jordan unseen", "LOC"), example("scored paris", "PER"), example("brandnew", "PER")]
+    x_train, x_dev = bag_of_words(train, dev)
+    assert x_train.shape == (30, 6 + 3) and x_dev.shape == (3, 9)  # 6 train words + 3 surface forms
+    assert x_dev[2].sum() == 1  # only the surface form "jordan" (the default) is known
+    types = ["LOC", "PER"]
+    y = torch.tensor([types.index(e.label) for e in train])
+    predicted = predict(fit_logistic_regression(x_train, y, 2), x_dev)
+    assert predicted[:2].tolist() == [0, 1]
+
+
 def test_run_probe_reports_every_condition_and_leaves_the_sentences_clean(world, model_dir):
     corpus = TwitterMNERCorpus(world.ner_dir)
     train, dev = list(corpus.train), list(corpus.dev)
     truth = read_relation_truth(world.relation_truth_file)
     report = run_probe(model_dir, train, dev, relation_truth=truth, batch_size=16)
-    assert set(report.accuracy) == {"own", "shuffled", "no_image"}
+    assert set(report.accuracy) == {"own", "shuffled", "no_image", "text_bow"}
     assert report.counts["all"] > 0 and "image adds" in report.counts and report.train_entities > 0
     for condition in report.accuracy.values():
         assert set(condition) == set(report.counts)
@@ -64,7 +91,7 @@ def test_cli_prints_the_table_and_writes_json(world, model_dir, tmp_path, capsys
                  str(world.relation_truth_file), "--output", str(out), "--batch-size", "16"])
     assert code == 0
     assert "| dev entities |" in capsys.readouterr().out
-    assert set(json.loads(out.read_text())["accuracy"]) == {"own", "shuffled", "no_image"}
+    assert set(json.loads(out.read_text())["accuracy"]) == {"own", "shuffled", "no_image", "text_bow"}
 
 
 def test_cli_bad_model_is_one_error_line(world, tmp_path, capsys):

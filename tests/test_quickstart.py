@@ -47,3 +47,32 @@ def test_only_the_models_the_taggers_and_probes_need_are_pretrained():
     assert quickstart.needed_models(quickstart.QUICK_CONFIGS, quickstart.QUICK_PROBES) == ["riva", "riva-text"]
     assert quickstart.needed_models(quickstart.CONFIGS, []) == ["riva", "riva-text", "riva-nogate"]
     assert quickstart.needed_models(["text"], ["riva-nogate"]) == ["riva", "riva-nogate"]
+
+
+def test_module_jobs_run_in_the_workers_as_python_dash_m(tmp_path):
+    """``Job(module=...)`` runs ``python -m`` inside a warm worker: its arguments reach the module, and a
+    failing run stops the queue."""
+    source = tmp_path / "a.txt"
+    source.write_text("x")
+    archive = tmp_path / "a.zip"
+    jobs = [quickstart.Job("zip", [source], module=["zipfile", "-c", str(archive), str(source)]),
+            quickstart.Job("list", [archive], module=["zipfile", "-l", str(archive)])]
+    assert quickstart.run_jobs(jobs, workers=1, settings={}) == []
+    assert archive.is_file()
+    with pytest.raises(FileNotFoundError):  # what the module raised, raised by the queue
+        quickstart.run_jobs([quickstart.Job("bad", [], module=["zipfile", "-t", str(tmp_path / "missing.zip")]),
+                             quickstart.Job("never", [tmp_path / "nothing"], _writer(tmp_path / "never"))], 1, {})
+    assert not (tmp_path / "never").exists()
+
+
+def test_each_tagger_waits_for_the_model_it_reads(tmp_path):
+    """The image+text [IMG] baseline reads RIVA's ResNet, so it waits for RIVA like + RIVA(image+text)."""
+    jobs = {job.tagger: job for job in quickstart.tagger_jobs(quickstart.CONFIGS, 2, tmp_path)}
+    assert len(jobs) == 2 * len(quickstart.CONFIGS)
+    riva = [tmp_path / "riva" / "final" / "config.json"]
+    assert jobs[("image+text", 1)].needs == riva == jobs[("+RIVA(image+text)", 2)].needs
+    assert jobs[("+RIVA(text)", 1)].needs == [tmp_path / "riva-text" / "final" / "config.json"]
+    assert jobs[("-RGN", 1)].needs == [tmp_path / "riva-nogate" / "final" / "config.json"]
+    assert jobs[("text", 1)].needs == []
+    order = [job.tagger[0] for job in quickstart.tagger_jobs(quickstart.CONFIGS, 1, tmp_path)]
+    assert order.index("+RIVA(image+text)") < order.index("image+text")
