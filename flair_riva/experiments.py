@@ -46,8 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import flair
-import torch
-from flair.data import Corpus, Dictionary, Sentence
+from flair.data import Corpus, Sentence
 from flair.embeddings import (
     FlairEmbeddings,
     StackedEmbeddings,
@@ -62,6 +61,7 @@ from flair.trainers.plugins.base import TrainerPlugin, TrainingInterrupt
 from flair_riva.char_embeddings import CharLSTMEmbeddings
 from flair_riva.datasets import GOLD_TAGS_KEY
 from flair_riva.scoring import predicted_bio, strict_f1
+from flair_riva.tagger_files import char_dictionary_file, random_word_vectors_file, word_vectors_file
 
 log = logging.getLogger("flair")
 
@@ -150,45 +150,6 @@ def image_coverage(corpus: Corpus) -> dict[str, tuple[int, int]]:
     return out
 
 
-def _as_kv(path: Path, cache_dir: Path) -> Path:
-    """Flair's WordEmbeddings reads gensim .kv/.bin/.txt: convert anything else (e.g. GloVe .txt.gz) once."""
-    if path.suffix in (".kv", ".bin"):
-        return path
-    from flair_riva.text import load_word_vectors
-
-    target = cache_dir / (path.name.replace(".", "_") + ".kv")
-    if not target.exists():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        load_word_vectors(path).save(str(target))
-    return target
-
-
-def _random_vectors(corpus: Corpus, path: Path, dim: int = 50) -> Path:
-    """N(0, 0.1^2) vectors for the training words, as a gensim file that Flair's WordEmbeddings reads."""
-    if not path.exists():
-        from gensim.models import KeyedVectors
-
-        words = sorted({t.text for s in corpus.train for t in s.tokens})
-        kv = KeyedVectors(dim)
-        kv.add_vectors(words, torch.randn(len(words), dim, generator=torch.Generator().manual_seed(0)).numpy() * 0.1)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        kv.save(str(path))
-    return path
-
-
-def _char_dictionary(corpus: Corpus, path: Path) -> Path:
-    """A character dictionary from the corpus (Flair's default one is a download)."""
-    if not path.exists():
-        d = Dictionary(add_unk=True)
-        for sentence in corpus.get_all_sentences():
-            for token in sentence.tokens:
-                for ch in token.text:
-                    d.add_item(ch)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        d.save(str(path))
-    return path
-
-
 # -- embeddings per configuration ---------------------------------------------------------------------
 
 def build_embeddings(config: str, args: ExperimentArgs) -> list[TokenEmbeddings]:
@@ -200,11 +161,11 @@ def build_embeddings(config: str, args: ExperimentArgs) -> list[TokenEmbeddings]
     cache = args.output / "cache"
     base: list[TokenEmbeddings] = []
     if args.word_vectors is not None:
-        base.append(WordEmbeddings(str(_as_kv(args.word_vectors, cache)), name="word"))
+        base.append(WordEmbeddings(str(word_vectors_file(args.word_vectors, cache)), name="word"))
     else:  # no pretrained vectors (the demo world): randomly initialised word vectors trained with the tagger
-        base.append(WordEmbeddings(str(_random_vectors(args.corpus, cache / "random-word-vectors.kv")),
+        base.append(WordEmbeddings(str(random_word_vectors_file(args.corpus, cache / "random-word-vectors.kv")),
                                    fine_tune=True, name="word"))
-    base.append(CharLSTMEmbeddings(str(_char_dictionary(args.corpus, cache / "chars.pkl"))))  # Lample et al. 25 / 25
+    base.append(CharLSTMEmbeddings(str(char_dictionary_file(args.corpus, cache / "chars.pkl"))))  # Lample: 25 / 25
     fc = str(args.feature_cache) if args.feature_cache else None
 
     def need(path: Path | None, option: str) -> Path:
