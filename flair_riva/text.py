@@ -222,12 +222,15 @@ def encode_batch(vocab: Vocabulary, batch: Sequence[Sequence[str]]) -> TextBatch
     t_max = int(lengths.max()) if len(batch) else 0
     char_lists = [[vocab.char_ids(tok) for tok in tokens] for tokens in batch]
     c_max = max((len(c) for chars in char_lists for c in chars), default=1)
-    word_ids = torch.full((len(batch), t_max), PAD_ID, dtype=torch.long)
-    char_ids = torch.full((len(batch), t_max, c_max), PAD_ID, dtype=torch.long)
-    for i, tokens in enumerate(batch):
-        word_ids[i, : len(tokens)] = torch.tensor([vocab.word_id(t) for t in tokens], dtype=torch.long)
-        for j, chars in enumerate(char_lists[i]):
-            char_ids[i, j, : len(chars)] = torch.tensor(chars, dtype=torch.long)
+    if not batch:
+        return TextBatch(torch.full((0, 0), PAD_ID, dtype=torch.long),
+                         torch.full((0, 0, c_max), PAD_ID, dtype=torch.long), lengths, [])
+    # padded nested lists, then one tensor each (per-token tensor writes cost more than the LSTMs' input)
+    empty = [PAD_ID] * c_max
+    word_ids = torch.tensor([[vocab.word_id(t) for t in tokens] + [PAD_ID] * (t_max - len(tokens)) for tokens in batch],
+                            dtype=torch.long)
+    char_ids = torch.tensor([[c + [PAD_ID] * (c_max - len(c)) for c in chars] + [empty] * (t_max - len(chars))
+                             for chars in char_lists], dtype=torch.long)
     return TextBatch(word_ids, char_ids, lengths, [list(t) for t in batch])
 
 

@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after 3 untimed)")
     parser.add_argument("--batch-size", type=int, default=16, help="Table 2: 16")
     parser.add_argument("--world", default=None, help="demo world folder (default: a temporary folder)")
+    parser.add_argument("--quickstart-sizes", action="store_true",
+                        help="the quickstart's RGN 1x64 and VLCN 1x128 instead of Table 2's 2x256 (same step)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -111,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     for pair in pairs:
         pair.label = rng.randint(0, 1)
     vocab = Vocabulary.build([p.tokens for p in pairs], 50000, 2)
-    config = RivaConfig(backbone="resnet34")   # Table 2
+    sizes = dict(rgn_hidden_size=64, rgn_layers=1, vlcn_hidden_size=128, vlcn_layers=1) if args.quickstart_sizes else {}
+    config = RivaConfig(backbone="resnet34", **sizes)   # Table 2 unless --quickstart-sizes
     torch.manual_seed(0)
     model = RivaModel(config, vocab).to(device)
     model.backbone.requires_grad_(False)
@@ -150,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     scale = wall_ms / profiled_ms
     parts = {k: v / args.steps * scale for k, v in attribute(prof.events()).items()}
     threads = torch.get_num_threads()
-    print(f"Table 2 sizes, ResNet-34 frozen (cached features), batch {args.batch_size}, {device}, "
+    sizes_name = "quickstart" if args.quickstart_sizes else "Table 2"
+    print(f"{sizes_name} sizes, ResNet-34 frozen (cached features), batch {args.batch_size}, {device}, "
           f"{threads} thread(s): {wall_ms:.1f} ms per joint step unprofiled "
           f"({args.batch_size * 1000 / wall_ms:.1f} pairs/s); vocabulary {len(vocab)}")
     print()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from flair.data import Dictionary
 from gensim.models import KeyedVectors
@@ -38,7 +40,7 @@ def test_random_vectors_and_character_dictionary(corpus, tmp_path):
 
 def test_a_failing_write_leaves_nothing(corpus, tmp_path, monkeypatch):
     def broken(self, name):
-        open(name, "wb").write(b"half")
+        Path(name).write_bytes(b"half")
         raise OSError("disk full")
 
     monkeypatch.setattr(Dictionary, "save", broken)
