@@ -212,14 +212,21 @@ def experiment_args(settings: dict) -> mner.ExperimentArgs:
 
 def pretraining_evidence(output: Path, names: list[str]) -> str:
     """Image gain, gate separation and Table 3's relation F1 of each model (last epoch of metrics.tsv)."""
-    lines = ["| model | held-out perplexity | image gain (nats/token) | gate separation | relation test F1: "
+    lines = ["| model | held-out perplexity | image gain (nats/token) | gate separation | relation test F1 (%): "
              "teacher / after pseudo pass / after fine-tuning |", "|---|---:|---:|---:|---|"]
+
+    def percent(value: str) -> str:  # metrics.tsv holds F1 in [0, 1], "-" where there is none
+        try:
+            return f"{100 * float(value):.2f}"
+        except ValueError:
+            return value
+
     for name in names:
         rows = read_metrics(output / name / "metrics.tsv")
         last = rows[-1]
+        f1 = " / ".join(percent(last[k]) for k in ("TEACHER_TEST_F1", "PSEUDO_TEST_F1", "FINETUNED_TEST_F1"))
         lines.append(f"| {name} | {float(last['HELDOUT_PPL']):.2f} | {last['IMAGE_GAIN']} | "
-                     f"{last['GATE_SEPARATION']} | {last['TEACHER_TEST_F1']} / {last['PSEUDO_TEST_F1']} / "
-                     f"{last['FINETUNED_TEST_F1']} |")
+                     f"{last['GATE_SEPARATION']} | {f1} |")
     return "\n".join(lines)
 
 

@@ -76,3 +76,16 @@ def test_each_tagger_waits_for_the_model_it_reads(tmp_path):
     assert jobs[("text", 1)].needs == []
     order = [job.tagger[0] for job in quickstart.tagger_jobs(quickstart.CONFIGS, 1, tmp_path)]
     assert order.index("+RIVA(image+text)") < order.index("image+text")
+
+
+def test_pretraining_evidence_prints_the_relation_f1_in_percent(tmp_path):
+    columns = ["EPOCH", "HELDOUT_PPL", "IMAGE_GAIN", "GATE_SEPARATION", "TEACHER_TEST_F1", "PSEUDO_TEST_F1",
+               "FINETUNED_TEST_F1"]
+    rows = {"riva": ["1", "5.3123", "0.0915", "0.9659", "0.9372", "0.9261", "0.9469"],
+            "riva-text": ["1", "6.01", "-", "-", "-", "-", "-"]}
+    for name, values in rows.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.tsv").write_text("\t".join(columns) + "\n" + "\t".join(values) + "\n")
+    table = quickstart.pretraining_evidence(tmp_path, ["riva", "riva-text"]).splitlines()
+    assert table[2] == "| riva | 5.31 | 0.0915 | 0.9659 | 93.72 / 92.61 / 94.69 |"
+    assert table[3] == "| riva-text | 6.01 | - | - | - / - / - |"
