@@ -15,13 +15,12 @@ this module matches, not Flair's defects):
 * when a spelling occurs twice in a sentence, the first occurrence receives another token's vector (its
   sort-order bookkeeping keeps only the last occurrence);
 * it runs one packed LSTM per sentence, which on a CPU unrolls every character into small autograd
-  operations: 264 of the 288 ms of a tagger step on a batch of 16 demo tweets (2-core machine, 1 thread),
-  against 20 ms here.
+  operations: a text tagger's step on a batch of 16 demo tweets (2-core machine, 1 thread, mean of 20
+  steps) takes 357 ms with it, 75 ms with this class and 46-53 ms with no character input at all.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,8 +31,6 @@ from flair.embeddings import TokenEmbeddings
 from flair.embeddings.base import register_embeddings
 
 from flair_riva.text import PAD_ID, CharEncoder
-
-log = logging.getLogger("flair")
 
 
 @dataclass(frozen=True)
@@ -95,9 +92,9 @@ class CharLSTMEmbeddings(TokenEmbeddings):
         rows: dict[str, int] = {}
         index = [rows.setdefault(token.text, len(rows)) for token in tokens]
         ids = [[self._char_id(c) for c in text] for text in rows]
-        chars = torch.full((1, len(ids), max(1, max(map(len, ids)))), PAD_ID, dtype=torch.long)
-        for i, row in enumerate(ids):
-            chars[0, i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        width = max(1, max(map(len, ids)))
+        # padded lists, then one tensor (as text.encode_batch: per-row tensor writes are slow)
+        chars = torch.tensor([[row + [PAD_ID] * (width - len(row)) for row in ids]], dtype=torch.long)
         encoded = self.encoder(chars.to(flair.device))[0]  # (distinct spellings, 2 x hidden)
         vectors = encoded[torch.tensor(index, device=encoded.device)]
         for token, vector in zip(tokens, vectors):
