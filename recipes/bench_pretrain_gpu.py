@@ -46,9 +46,11 @@ def _sync(device: torch.device) -> None:
 
 
 def measure(model: RivaModel, runner: StepRunner, source: VisualSource, pairs: list, mode: str, batch_size: int,
-            steps: int, warmup: int) -> float:
-    """pairs/s of ``steps`` optimisation steps after ``warmup`` untimed ones (prefetching included)."""
-    batches = epoch_batches(len(pairs), batch_size, seed=0, epoch=1, stream="pseudo")
+            steps: int, warmup: int, pool: int = 0) -> float:
+    """pairs/s of ``steps`` optimisation steps after ``warmup`` untimed ones (prefetching included), on the
+    batches the pretrainer would draw (length-bucketed in pools of ``pool`` batches; 0 = plain)."""
+    batches = epoch_batches(len(pairs), batch_size, seed=0, epoch=1, stream="pseudo",
+                            lengths=[len(p.tokens) for p in pairs], pool=pool)
     batches = list(itertools.islice(itertools.cycle(batches), warmup + steps))
     model.train()
     prepared = prefetched(batches, lambda idx: prepare_batch([pairs[i] for i in idx], model.vocab, source))
@@ -73,11 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16, help="Table 2: 16")
     parser.add_argument("--backbone", default="resnet34")
     parser.add_argument("--modes", default="frozen,finetune", help="frozen, finetune or both")
+    parser.add_argument("--length-buckets", type=int, default=None, metavar="POOL",
+                        help="batches per length-bucketing pool, 0 = plain batches (default: the pretrainer's)")
     parser.add_argument("--world", default=None, help="demo world folder (default: a temporary folder)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     gpu = device.type == "cuda"
+    pool = args.length_buckets if args.length_buckets is not None else PretrainConfig().length_buckets
     scale = args.scale if args.scale is not None else (4.0 if gpu else 1.0)
     steps = args.steps if args.steps is not None else (50 if gpu else 5)
     warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
@@ -128,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             "rgn": make_optimizer("sgd", [{"params": model.rgn_parameters(), "lr": PAPER_DEFAULTS["lr"]}]),
         }
         runner = StepRunner(model, source, DistContext(device=device), optimizers, paper.clip)
-        joint = measure(model, runner, source, unlabelled, "joint", args.batch_size, steps, warmup)
-        rgn = measure(model, runner, source, labelled, "rgn", args.batch_size, steps, warmup)
+        joint = measure(model, runner, source, unlabelled, "joint", args.batch_size, steps, warmup, pool)
+        rgn = measure(model, runner, source, labelled, "rgn", args.batch_size, steps, warmup, pool)
         # one epoch of Algorithm 1 over this world: every unlabelled pair (as if pseudo-labelled), then the
         # labelled pairs; pairs/s over both passes, as PAIRS_PER_SECOND in metrics.tsv
         n, m = len(unlabelled), len(labelled)

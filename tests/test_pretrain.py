@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -245,6 +246,24 @@ def test_output_holding_another_run_is_refused(demo_run, world, cache_dir, no_tr
     with pytest.raises(PretrainError, match="pass --resume"):
         run_pretraining(tiny_args(world, demo_run, cache_dir))
     assert (demo_run / "metrics.tsv").read_bytes() == before
+
+
+def test_run_folder_of_0_1_0_resumes_only_with_its_plain_batches(demo_run, world, cache_dir, tmp_path):
+    """0.1.0's run_args.json has no length_buckets: its runs drew plain batches (pool 0), and resuming one with
+    bucketed batches would skip the wrong pairs, so the default is refused there, naming the option."""
+    from flair_riva.pretrain.run_folder import read_run_args
+
+    old = tmp_path / "old-run"
+    old.mkdir()
+    for name in ("run_state.json", "vocab.json"):
+        shutil.copy(demo_run / name, old / name)
+    record = json.loads((demo_run / "run_args.json").read_text())
+    assert record["args"]["length_buckets"] == 50
+    del record["args"]["length_buckets"]
+    (old / "run_args.json").write_text(json.dumps(record))
+    assert read_run_args(old)["length_buckets"] == 0
+    with pytest.raises(PretrainError, match=r"different arguments \(length_buckets: 0 -> 50\)"):
+        run_pretraining(tiny_args(world, old, cache_dir, resume=True))
 
 
 def test_overwrite_starts_again(world, cache_dir, tmp_path):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import random
+
+import pytest
+
 from flair_riva.pretrain.data import epoch_batches, heldout_split, rank_slice, stratified_split
 
 
@@ -33,3 +37,35 @@ def test_epoch_batches_and_rank_slices():
     assert rank_slice([7], 1, 2) == []
     train, held = heldout_split(100, 0.05, seed=1)
     assert len(held) == 5 and not set(train) & set(held) and heldout_split(100, 0.05, seed=1) == (train, held)
+
+
+def test_length_bucketed_batches_cover_every_pair_once_and_cut_padding():
+    rng = random.Random(0)
+    lengths = [rng.randint(3, 40) for _ in range(1000)]
+    plain = epoch_batches(1000, 16, seed=1, epoch=2, stream="pseudo")
+    assert epoch_batches(1000, 16, seed=1, epoch=2, stream="pseudo", lengths=lengths, pool=0) == plain
+    bucketed = epoch_batches(1000, 16, seed=1, epoch=2, stream="pseudo", lengths=lengths, pool=10)
+    assert bucketed == epoch_batches(1000, 16, seed=1, epoch=2, stream="pseudo", lengths=lengths, pool=10)
+    assert bucketed != epoch_batches(1000, 16, seed=1, epoch=3, stream="pseudo", lengths=lengths, pool=10)
+    assert sorted(i for b in bucketed for i in b) == list(range(1000))
+    assert sorted(len(b) for b in bucketed) == [8] + [16] * 62     # 1000 = 6 pools of 160 + 40: one short batch
+
+    def padded_steps(batches):
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    assert padded_steps(bucketed) < 0.8 * padded_steps(plain), "a pool of sorted lengths pads far less"
+    # each batch comes from one pool of 10 plain batches, and a pool's batches are consecutive runs of its
+    # pairs sorted by length (no overlap of length ranges); the batches are shuffled across pools
+    pool_of = {i: k // 10 for k, b in enumerate(plain) for i in b}
+    by_pool: dict[int, list[list[int]]] = {}
+    for b in bucketed:
+        assert len({pool_of[i] for i in b}) == 1
+        by_pool.setdefault(pool_of[b[0]], []).append(sorted(lengths[i] for i in b))
+    for runs in by_pool.values():
+        runs.sort()
+        assert all(a[-1] <= b[0] for a, b in zip(runs, runs[1:]))
+    maxima = [max(lengths[i] for i in b) for b in bucketed]
+    assert maxima != sorted(maxima)
+    with pytest.raises(ValueError, match="3 lengths for 1000 pairs"):
+        epoch_batches(1000, 16, seed=1, epoch=2, stream="pseudo", lengths=[1, 2, 3], pool=10)
+

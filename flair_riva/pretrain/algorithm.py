@@ -237,7 +237,8 @@ class AlgorithmOne:
     def run_pass(self, phase: str, pairs: list[Any], mode: str) -> None:
         """The rest of one pass (from ``position.step``): updates, progress bar, log lines, mid-epoch checkpoints."""
         a, pos, running = self.config, self.progress.position, self.progress.running
-        batches = epoch_batches(len(pairs), a.batch_size, a.seed, pos.epoch, phase)
+        batches = epoch_batches(len(pairs), a.batch_size, a.seed, pos.epoch, phase, [len(p.tokens) for p in pairs],
+                                a.length_buckets)
         done = sum(len(b) for b in batches[:pos.step])
         bar = self.run.bar(total=len(pairs), initial=done, desc=f"epoch {pos.epoch}/{a.epochs} {phase}")
         log_every = max(1, len(batches) // 5)

@@ -72,6 +72,10 @@ class PretrainConfig:
     epochs: int | None = opt(None, "epochs of Algorithm 1", OPTIM, paper=35, demo=3)
     teacher_epochs: int | None = opt(None, "teacher epochs", OPTIM, paper=10, demo=15)
     batch_size: int = opt(16, "global batch size, split over torchrun ranks (%(default)s)", OPTIM)
+    length_buckets: int = opt(50, "length bucketing: each pool of this many shuffled batches is sorted by tweet "
+                              "length before it is cut into batches, and the batches are shuffled, so the LSTMs "
+                              "run fewer padding steps; 0 = plain shuffled batches, as in 0.1.0 (%(default)s)",
+                              OPTIM, metavar="POOL")
     optimizer: str | None = opt(None, "optimizer", OPTIM, paper="sgd", demo="adam", choices=("sgd", "adam", "adamw"))
     lr: float | None = opt(None, "learning rate", OPTIM, paper=2e-2, demo=1e-3)
     backbone_lr: float = opt(1e-4, "learning rate of the fine-tuned ResNet (%(default)s)", OPTIM)
@@ -146,7 +150,7 @@ ORDER = {
             "vlcn_layers", "num_heads", "backbone", "backbone_weights", "freeze_backbone", "feature_cache", "use_image",
             "gate", "vlcn_visual", "visual_norm", "gate_dropout", "max_vocab_size", "min_word_count",
             "fine_tune_word_vectors"),
-    OPTIM: ("epochs", "teacher_epochs", "batch_size", "dropout", "optimizer", "lr", "backbone_lr", "teacher",
+    OPTIM: ("epochs", "teacher_epochs", "batch_size", "length_buckets", "dropout", "optimizer", "lr", "backbone_lr", "teacher",
             "student_init", "rgn_lr_factor", "clip", "anneal_factor", "patience"),
     SPLITS: ("threshold", "heldout_fraction", "test_fraction", "dev_fraction", "seed"),
     CONTROL: ("resume", "overwrite", "checkpoint_every", "keep_checkpoints", "device", "progress"),
@@ -289,6 +293,8 @@ def check_config(config: PretrainConfig, world_size: int = 1) -> None:
         if getattr(a.model, name) < 1:
             raise PretrainError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a.model, name)}")
     check_model_options({name: getattr(a.model, name) for name in MODEL_OPTIONS})
+    if a.length_buckets < 0:
+        raise PretrainError(f"--length-buckets must be >= 0 (0 = plain shuffled batches), got {a.length_buckets}")
     if a.checkpoint_every < 0:
         raise PretrainError(f"--checkpoint-every must be >= 0 (0 = end of epoch only), got {a.checkpoint_every}")
     if a.batch_size < world_size:

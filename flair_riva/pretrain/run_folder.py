@@ -37,14 +37,17 @@ MID_EPOCH_DIR = "checkpoint"
 #: are keyed by backbone fingerprint and image content, so they stay valid).
 RUN_ARTIFACTS = (RUN_ARGS_FILE, RUN_STATE_FILE, VOCAB_FILE, PSEUDO_FILE, METRICS_FILE, LOG_FILE, "teacher",
                  MID_EPOCH_DIR, "best", "final")
+#: run_args.json entries added after 0.1.0, with the value a run that did not record them had.
+LEGACY_RUN_ARGS: dict[str, Any] = {"length_buckets": 0}
 #: run_args.json entries that are paths: compared resolved (symlinks, ``..``, trailing slashes).
 PATH_ARGS = frozenset({"relation_data", "unlabelled", "image_dir", "word_vectors", "demo_dir", "backbone_weights"})
 
 
 def read_run_args(folder: Path) -> dict[str, Any] | None:
     """The ``args`` of ``folder/run_args.json``, or None when the file is missing or unreadable."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        return json.loads((folder / RUN_ARGS_FILE).read_text(encoding="utf-8")).get("args")
+    with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+        args = json.loads((folder / RUN_ARGS_FILE).read_text(encoding="utf-8")).get("args")
+        return None if args is None else {**LEGACY_RUN_ARGS, **args}
     return None
 
 
