@@ -150,8 +150,8 @@ ORDER = {
             "vlcn_layers", "num_heads", "backbone", "backbone_weights", "freeze_backbone", "feature_cache", "use_image",
             "gate", "vlcn_visual", "visual_norm", "gate_dropout", "max_vocab_size", "min_word_count",
             "fine_tune_word_vectors"),
-    OPTIM: ("epochs", "teacher_epochs", "batch_size", "length_buckets", "dropout", "optimizer", "lr", "backbone_lr", "teacher",
-            "student_init", "rgn_lr_factor", "clip", "anneal_factor", "patience"),
+    OPTIM: ("epochs", "teacher_epochs", "batch_size", "length_buckets", "dropout", "optimizer", "lr", "backbone_lr",
+            "teacher", "student_init", "rgn_lr_factor", "clip", "anneal_factor", "patience"),
     SPLITS: ("threshold", "heldout_fraction", "test_fraction", "dev_fraction", "seed"),
     CONTROL: ("resume", "overwrite", "checkpoint_every", "keep_checkpoints", "device", "progress"),
 }
