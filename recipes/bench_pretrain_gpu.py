@@ -51,6 +51,7 @@ def measure(model: RivaModel, runner: StepRunner, source: VisualSource, pairs: l
     batches the pretrainer would draw (length-bucketed in pools of ``pool`` batches; 0 = plain)."""
     batches = epoch_batches(len(pairs), batch_size, seed=0, epoch=1, stream="pseudo",
                             lengths=[len(p.tokens) for p in pairs], pool=pool)
+    steps = steps if steps > 0 else len(batches)   # 0: one whole epoch, every batch timed once
     batches = list(itertools.islice(itertools.cycle(batches), warmup + steps))
     model.train()
     prepared = prefetched(batches, lambda idx: prepare_batch([pairs[i] for i in idx], model.vocab, source))
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--scale", type=float, default=None, help="demo world scale (GPU 4, CPU 1)")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per measurement (GPU 50, CPU 5)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps per measurement (GPU 50, CPU 5); 0 = one whole epoch of each pass")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (GPU 5, CPU 1)")
     parser.add_argument("--batch-size", type=int, default=16, help="Table 2: 16")
     parser.add_argument("--backbone", default="resnet34")

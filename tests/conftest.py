@@ -118,6 +118,33 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("feature-cache")
 
 
+@pytest.fixture(scope="module")
+def demo_run(world, cache_dir, tmp_path_factory):
+    """One tiny end-to-end pretraining run through the CLI, shared by the tests of a module that read it."""
+    from flair_riva.pretrain import main
+
+    out = tmp_path_factory.mktemp("run") / "riva"
+    handlers_before = list(logging.getLogger("flair").handlers)
+    code = main(["--output", str(out), "--demo-dir", str(world.root), "--feature-cache", str(cache_dir), *TINY_CLI])
+    assert code == 0
+    assert logging.getLogger("flair").handlers == handlers_before, "the training.log handler must be removed"
+    return out
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fail the test if the pretrainer gets as far as training (bad input must stop it before)."""
+    from flair_riva.pretrain import stages
+    from flair_riva.pretrain import trainer as trainer_module
+
+    def fail(*_args, **_kwargs):
+        raise AssertionError("training started despite bad input")
+
+    monkeypatch.setattr(stages, "train_teacher", fail)
+    monkeypatch.setattr(trainer_module, "AlgorithmOne", fail)
+
+
+
 def tiny_args(world, output, cache_dir, **changes):
     """The pretrainer's options for a tiny run on ``world`` (the flat options of the command line)."""
     from flair_riva.pretrain import PretrainArgs

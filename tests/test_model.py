@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flair_riva.config import RivaConfig
 from flair_riva.model import RivaModel, reverse_padded
 from flair_riva.text import UNK_ID
 from tests.conftest import keyed_vectors, random_tokens, random_visual
@@ -179,22 +178,6 @@ def test_fine_tuned_backbone_receives_gradients(model, tiny_token_lists):
     (model.lm_loss(out, text) + model.relation_loss(out.relation_logits, torch.tensor([1, 0]))).backward()
     assert _grad_norms(model)["backbone"] > 0
     assert not model.backbone.training, "BatchNorm of the backbone stays in eval mode while fine-tuning"
-
-
-def test_unknown_config_field_is_reported():
-    with pytest.raises(ValueError, match="newer flair-riva"):
-        RivaConfig.from_dict({"word_dim": 10, "quantum_layers": 3})
-
-
-def test_table2_defaults():
-    c = RivaConfig()
-    assert (c.rgn_hidden_size, c.rgn_layers, c.vlcn_hidden_size, c.vlcn_layers, c.num_heads) == (256, 2, 256, 2, 8)
-    from flair_riva.pretrain.options import PAPER_DEFAULTS, PretrainConfig
-
-    p = PretrainConfig()  # the training settings of Table 2 are the pretrainer's
-    assert (p.batch_size, c.dropout, PAPER_DEFAULTS["lr"], p.backbone_lr, p.clip) == (16, 0.5, 2e-2, 1e-4, 5.0)
-    assert c.char_dim == 25 and c.text_dim == 512 == c.visual_dim and c.embedding_length == 512
-    assert (RivaConfig(backbone="resnet18").visual_dim, c.num_regions) == (512, 49)  # from the backbone
 
 
 def test_a_few_hundred_steps_on_the_demo_world_lower_both_losses(tiny_config, tmp_path):

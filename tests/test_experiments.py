@@ -1,4 +1,4 @@
-"""The MNER experiment protocol (flair_riva.experiments) and the image+text baseline, on a tiny demo world."""
+"""experiments: the MNER experiment protocol (Tables 4-6) on a tiny demo world."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from flair.data import Sentence
 
 from flair_riva import experiments as mner
-from flair_riva.baselines import IMAGE_TOKEN, ImageTokenEmbeddings, with_image_token
 from flair_riva.config import RivaConfig
 from flair_riva.datasets import TwitterMNERCorpus, iter_unlabelled_pairs
 from flair_riva.demo import generate_demo_world
@@ -30,32 +28,6 @@ def test_read_gold_tags(tmp_path):
     path = tmp_path / "test.txt"
     path.write_text("IMGID:1\nA\tB-PER\nb\tO\n\nIMGID:2\nc\tI-LOC\n", encoding="utf-8")
     assert mner.read_gold_tags(path) == [["B-PER", "O"], ["I-LOC"]]
-
-
-def test_image_token_keeps_spans_and_metadata():
-    s = Sentence(["Kevin", "Love", "in", "Cleveland"])
-    s[0:2].add_label("ner", "PER")
-    s[3:4].add_label("ner", "LOC")
-    s.add_metadata("image_path", "x.jpg")
-    new = with_image_token(s)
-    assert new[0].text == IMAGE_TOKEN and len(new) == 5
-    assert [(sp.text, sp.get_label("ner").value) for sp in new.get_spans("ner")] == [
-        ("Kevin Love", "PER"), ("Cleveland", "LOC")]
-    assert new.get_metadata("image_path") == "x.jpg"
-
-
-def test_image_token_embedding_round_trip(tmp_path):
-    from flair.embeddings.base import load_embeddings
-
-    torch.manual_seed(0)
-    emb = ImageTokenEmbeddings("resnet18")
-    s = with_image_token(Sentence(["hello", "world"]))   # no image: the [IMG] vector is zero
-    emb.embed(s)
-    assert s[0].get_embedding().shape == (512,) and torch.all(s[1].get_embedding() == 0)
-    params = emb.save_embeddings(use_state_dict=True)
-    again = load_embeddings(params)
-    assert not again.training
-    assert torch.equal(again.extractor.conv1.weight, emb.extractor.conv1.weight)
 
 
 @pytest.mark.slow
