@@ -4,7 +4,8 @@
   "the same split of 8:2 ... as in Vempala and Preoţiuc-Pietro (2019)"), stratified by label and seeded,
   and carves a dev part out of train for model selection.
 * :func:`epoch_batches` shuffles with a generator seeded by (seed, epoch, stream) alone, so the batch
-  order of an epoch is known without replaying the run: a resumed run skips the finished batches.
+  order of an epoch is known without replaying the run: a resumed run skips the finished batches. Its
+  batches are length-bucketed by default (``--length-buckets``), so the right-padded LSTMs pad less.
 * :func:`rank_slice` gives each torchrun rank a disjoint part of every global batch.
 * :class:`VisualSource` turns image paths into what the model consumes: cached region features of a
   frozen backbone (:class:`~flair_riva.vision.ImageFeaturizer`) or pixels for a backbone being
