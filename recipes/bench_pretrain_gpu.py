@@ -14,6 +14,11 @@ and says so. Backbone weights are random (no download); they do not change the s
 
     python recipes/bench_pretrain_gpu.py                    # GPU if available, else the short CPU run
     python recipes/bench_pretrain_gpu.py --steps 50 --scale 4 --batch-size 16
+    python recipes/bench_pretrain_gpu.py --device cpu --modes frozen --steps 0 --warmup 3   # whole epochs
+
+The batches are the pretrainer's (length-bucketed by default, ``--length-buckets 0`` for plain ones); a
+short prefix of a bucketed epoch draws a few length buckets at random, so time whole epochs (``--steps 0``)
+when comparing versions.
 """
 
 from __future__ import annotations
