@@ -120,6 +120,13 @@ def bag_of_words(train: Sequence[ProbeExample], dev: Sequence[ProbeExample], siz
     return encode(train), encode(dev)
 
 
+def _accuracy(predicted: torch.Tensor, examples: Sequence[ProbeExample], index: dict[str, int],
+              subsets: dict[str, list[int]]) -> dict[str, float]:
+    """Accuracy of the predicted type ids on each subset of ``examples`` (indices into it)."""
+    correct = [int(predicted[i]) == index[e.label] for i, e in enumerate(examples)]
+    return {name: sum(correct[i] for i in members) / len(members) for name, members in subsets.items()}
+
+
 def text_ambiguous(surface_labels: Iterable[tuple[str, str]]) -> set[str]:
     """The surface forms annotated with more than one type: only context or image can tell their type."""
     labels: dict[str, set[str]] = defaultdict(set)
@@ -217,9 +224,7 @@ def run_probe(model, train: Sequence[Sentence], dev: Sequence[Sentence], *, feat
             clear(dev)
             subsets = _subsets(examples, ambiguous, relation_truth)
             predicted = predict(params, torch.stack([e.vector for e in examples])) if examples else torch.zeros(0)
-            correct = [int(predicted[i]) == index[e.label] for i, e in enumerate(examples)]
-            report.accuracy[condition] = {
-                name: sum(correct[i] for i in members) / len(members) for name, members in subsets.items()}
+            report.accuracy[condition] = _accuracy(predicted, examples, index, subsets)
             if condition == "own":
                 report.counts = {name: len(members) for name, members in subsets.items()}
                 report.chance = {name: Counter(examples[i].label for i in members).most_common(1)[0][1] / len(members)
@@ -228,9 +233,7 @@ def run_probe(model, train: Sequence[Sentence], dev: Sequence[Sentence], *, feat
         if own_examples:  # the text-only control: the same probe on the tweet's bag of words
             x_train, x_dev = bag_of_words(train_examples, own_examples)
             bow = predict(fit_logistic_regression(x_train, y, len(types)), x_dev)
-            correct = [int(bow[i]) == index[e.label] for i, e in enumerate(own_examples)]
-            report.accuracy["text_bow"] = {
-                name: sum(correct[i] for i in members) / len(members) for name, members in own_subsets.items()}
+            report.accuracy["text_bow"] = _accuracy(bow, own_examples, index, own_subsets)
         return report
     finally:
         for sentence in dev:

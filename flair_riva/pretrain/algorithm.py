@@ -20,7 +20,6 @@ import torch
 
 from flair_riva.config import RivaConfig
 from flair_riva.model import RivaModel
-from flair_riva.pretrain.data import epoch_batches
 from flair_riva.pretrain.inputs import RunInputs
 from flair_riva.pretrain.metrics import select_best
 from flair_riva.pretrain.options import PretrainError
@@ -237,8 +236,7 @@ class AlgorithmOne:
     def run_pass(self, phase: str, pairs: list[Any], mode: str) -> None:
         """The rest of one pass (from ``position.step``): updates, progress bar, log lines, mid-epoch checkpoints."""
         a, pos, running = self.config, self.progress.position, self.progress.running
-        batches = epoch_batches(len(pairs), a.batch_size, a.seed, pos.epoch, phase, [len(p.tokens) for p in pairs],
-                                a.length_buckets)
+        batches = self.run.batches(pairs, pos.epoch, phase)
         done = sum(len(b) for b in batches[:pos.step])
         bar = self.run.bar(total=len(pairs), initial=done, desc=f"epoch {pos.epoch}/{a.epochs} {phase}")
         log_every = max(1, len(batches) // 5)

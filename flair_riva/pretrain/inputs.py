@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from flair_riva.config import RivaConfig
 from flair_riva.model import RivaModel
-from flair_riva.pretrain.data import VisualSource, stratified_split
+from flair_riva.pretrain.data import VisualSource, epoch_batches, stratified_split
 from flair_riva.pretrain.distributed import DistContext
 from flair_riva.pretrain.options import PretrainConfig, PretrainError
 from flair_riva.pretrain.run_folder import RunFolder
@@ -95,6 +95,13 @@ class RunInputs:
         kwargs.setdefault("dynamic_ncols", True)
         kwargs.setdefault("mininterval", 1.0)
         return tqdm(disable=not self.show_progress, file=sys.stderr, **kwargs)
+
+    def batches(self, pairs: list[Any], epoch: int, stream: str) -> list[list[int]]:
+        """This run's global batches of ``pairs`` for one epoch of ``stream`` (indices into ``pairs``):
+        seeded by (--seed, epoch, stream), length-bucketed in pools of --length-buckets batches."""
+        c = self.config
+        return epoch_batches(len(pairs), c.batch_size, c.seed, epoch, stream, [len(p.tokens) for p in pairs],
+                             c.length_buckets)
 
     def model_config(self, word_dim: int) -> RivaConfig:
         """The model of this run; given word vectors are frozen unless --fine-tune-word-vectors (issue 10)."""

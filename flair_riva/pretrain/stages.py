@@ -17,7 +17,6 @@ import torch
 
 from flair_riva.config import RivaConfig
 from flair_riva.model import CheckpointError, RivaModel
-from flair_riva.pretrain.data import epoch_batches
 from flair_riva.pretrain.distributed import DistContext
 from flair_riva.pretrain.inputs import CLASS_NAMES, RunInputs, reason_summary
 from flair_riva.pretrain.options import PretrainError
@@ -140,8 +139,7 @@ def train_teacher(run: RunInputs, vocab: Vocabulary, config: RivaConfig) -> tupl
     best_f1, best_epoch, best_state = -1.0, 0, None
     seed_everything(a.seed + 12)
     for epoch in range(1, a.teacher_epochs + 1):
-        batches = epoch_batches(len(split.train), a.batch_size, a.seed, epoch, "teacher",
-                                [len(p.tokens) for p in split.train], a.length_buckets)
+        batches = run.batches(split.train, epoch, "teacher")
         bar = run.bar(total=len(split.train), desc=f"teacher epoch {epoch}/{a.teacher_epochs}")
         loss_sum, start = 0.0, time.perf_counter()
         for step in training_steps(runner, "teacher", split.train, batches, vocab, source):
