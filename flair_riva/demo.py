@@ -61,6 +61,7 @@ import random
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +92,7 @@ from flair_riva.demo_tweets import (
     UNRELATED_KINDS,
     _ner_tweet,
     _pair_tweet,
+    _Tweet,
     _TweetMaker,
     image_information,
 )
@@ -149,6 +151,51 @@ class DemoWorld:
 
         assert self.relation_truth_file is not None
         return read_relation_truth(self.relation_truth_file)
+
+    def unlabelled_truth(self) -> dict[tuple[str, str], PairTruth]:
+        """``(text, image file name) -> PairTruth`` for every pair of ``unlabelled_file``, by replaying the
+        generator with the world's seed and scale (no file records it: a pretraining run sees only the
+        teacher's pseudo-labels). ``recipes/pseudo_label_quality.py`` scores a run's pseudo-labels with it.
+
+        Raises ValueError when the file is not what the generator writes for this seed and scale."""
+        sizes = _sizes(self.scale)
+        rows = [json.loads(line) for line in self.unlabelled_file.read_text(encoding="utf-8").splitlines() if line]
+        truth, i = {}, -1
+        pairs = _unlabelled_pairs(self.seed, sizes["unlabelled"], _pool_names(sizes["pool_per_kind"]))
+        for i, (tw, image) in enumerate(pairs):
+            if i >= len(rows) or rows[i] != {"text": tw.text, "image": image}:
+                raise ValueError(f"{self.unlabelled_file} line {i + 1} is not the generator's pair for seed "
+                                 f"{self.seed}, scale {self.scale}: regenerate the world")
+            truth[(tw.text, Path(image).name)] = PairTruth(tw.related, tw.context, tw.image_kind, tw.entity_type)
+        if len(rows) != i + 1:
+            raise ValueError(f"{self.unlabelled_file} has {len(rows)} pairs, the generator {i + 1}")
+        return truth
+
+
+@dataclass(frozen=True)
+class PairTruth:
+    """What the generator knows of an unlabelled pair and the pseudo-labels cannot: its true relation."""
+
+    image_adds: int
+    """1 when the image adds to the meaning (the label the teacher's pseudo-label should be)."""
+    context: str
+    """``"neutral"`` or ``"reveal"``: whether the text tells the entity's type."""
+    image_kind: str
+    entity_type: str
+
+
+def _pool_names(pool_per_kind: int) -> dict[str, list[str]]:
+    """The pool images' paths relative to the world's root, by kind, in the order the generator draws them."""
+    return {kind: [f"images/{kind}_{n:03d}.png" for n in range(pool_per_kind)] for kind in IMAGE_KINDS}
+
+
+def _unlabelled_pairs(seed: int, n: int, pool: dict[str, list[str]]) -> Iterator[tuple[_Tweet, str]]:
+    """The unlabelled pairs (tweet, pool image path) of a world, in file order: the one definition that
+    :func:`generate_demo_world` writes and :meth:`DemoWorld.unlabelled_truth` replays."""
+    maker = _TweetMaker(random.Random(f"flair-riva-demo/{seed}/unlabelled"))
+    for _ in range(n):
+        tw = _pair_tweet(maker, p_neutral_related=0.85)
+        yield tw, maker.rng.choice(pool[tw.image_kind])
 
 
 def default_demo_root() -> Path:
@@ -326,15 +373,12 @@ def generate_demo_world(
         relation_counts[tw.related] += 1
     put("relation.tsv", ("\n".join(lines) + "\n").encode("utf-8"))
 
-    maker = _TweetMaker(random.Random(f"flair-riva-demo/{seed}/unlabelled"))
     rows = []
     info_nats, lm_predictions = 0.0, 0
-    for _ in range(sizes["unlabelled"]):
-        tw = _pair_tweet(maker, p_neutral_related=0.85)
+    for tw, image in _unlabelled_pairs(seed, sizes["unlabelled"], pool):
         info_nats += image_information(tw)
         lm_predictions += 2 * len(tw.tokens)
-        rows.append(json.dumps({"text": tw.text, "image": maker.rng.choice(pool[tw.image_kind])},
-                               ensure_ascii=False))
+        rows.append(json.dumps({"text": tw.text, "image": image}, ensure_ascii=False))
     put("unlabelled.jsonl", ("\n".join(rows) + "\n").encode("utf-8"))
 
     # NER corpus: one JPEG per tweet, byte-identical for tweets that share a pool image

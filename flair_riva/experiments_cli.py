@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from flair_riva.experiments import ALL_CONFIGS, ExperimentArgs, run_experiments
+from flair_riva.scoring import require_seqeval
 
 # -- command line --------------------------------------------------------------------------------------
 
@@ -61,6 +62,7 @@ def main_for(corpus_cls, description: str, argv: list[str] | None = None) -> int
     """Shared entry point of twitter2015.py / twitter2017.py."""
     parser = build_parser(description)
     ns = parser.parse_args(argv)
+    require_seqeval()
     corpus = corpus_cls(ns.corpus_dir, image_dir=ns.image_dir)
     args = ExperimentArgs(
         corpus=corpus, name=corpus_cls.__name__, output=ns.output, word_vectors=ns.word_vectors,

@@ -249,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-probe", dest="probe", action="store_false")
     add_protocol_arguments(parser)
     ns = parser.parse_args(argv)
+    from flair_riva.scoring import require_seqeval
+
+    require_seqeval()  # before minutes of pretraining
     logging.basicConfig(level=logging.INFO)
     given = dict(item.split("=", 1) for item in ns.corpus) or {
         name: str(ns.data_dir / sub) for name, sub in DEFAULT_CORPORA.items()}

@@ -25,8 +25,21 @@ def predicted_bio(sentence: Sentence, label_type: str = "predicted", offset: int
     return tags[offset:]
 
 
+def require_seqeval() -> None:
+    """Raise an ImportError that names the install command when seqeval (the ``recipes`` extra) is missing.
+
+    The experiment runners call it before they train anything, so a missing package fails at once rather than
+    after the first tagger's minutes of training."""
+    try:
+        import seqeval  # noqa: F401
+    except ImportError as err:
+        raise ImportError("seqeval scores the taggers in strict IOB2 mode and is not installed: "
+                          "pip install 'flair-riva[recipes]' (or pip install seqeval)") from err
+
+
 def strict_f1(gold: list[list[str]], pred: list[list[str]]) -> float:
     """Span micro F1 in seqeval's strict IOB2 mode (an orphan ``I-`` is no entity), in %."""
+    require_seqeval()
     from seqeval.metrics import f1_score
     from seqeval.scheme import IOB2
 

@@ -39,6 +39,7 @@ from flair_riva import experiments as mner
 from flair_riva.datasets import TwitterMNERCorpus, read_relation_truth
 from flair_riva.demo import default_demo_root, generate_demo_world
 from flair_riva.pretrain.state import read_metrics
+from flair_riva.scoring import require_seqeval
 
 log = logging.getLogger("flair")
 
@@ -274,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe", nargs="+", default=QUICK_PROBES, choices=list(MODELS),
                         help="models to probe (%(default)s)")
     args = parser.parse_args(argv)
+    require_seqeval()  # before minutes of pretraining
     if args.all_configs:
         args.configs = list(CONFIGS)
     # one intra-op thread per process: faster than two for these small LSTMs, and two processes use both cores

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -261,3 +262,25 @@ def test_pictures_and_templates_are_importable_from_demo():
         assert hasattr(demo, name), name
     assert demo.draw_image is demo_images.draw_image and demo.IMAGE_KINDS is demo_images.IMAGE_KINDS
     assert demo.image_information is demo_tweets.image_information and demo.SHOWN is demo_tweets.SHOWN
+
+
+def test_unlabelled_truth_replays_the_generator(full_world, tmp_path):
+    """Every unlabelled pair's true relation, replayed from the seed: the world's rule (the image shows the
+    entity's kind) holds for each, the class mix is the task-1 mixture, and a file the generator did not write
+    for this seed is refused rather than given wrong labels."""
+    truth = full_world.unlabelled_truth()
+    rows = [json.loads(line) for line in full_world.unlabelled_file.read_text().splitlines()]
+    assert {(r["text"], Path(r["image"]).name) for r in rows} == set(truth)
+    for (_, image), t in truth.items():
+        assert image.startswith(t.image_kind + "_")
+        assert t.image_adds == int(TYPE_KIND[t.entity_type] == t.image_kind)
+        assert t.context in ("neutral", "reveal") and (t.image_adds or t.context == "reveal"
+                                                       or t.image_kind not in TYPE_KIND.values())
+    share = sum(t.image_adds for t in truth.values()) / len(truth)
+    assert 0.38 < share < 0.52, share
+    other = generate_demo_world(tmp_path / "other", seed=14, scale="tiny")
+    shutil.copy(other.unlabelled_file, tmp_path / "swapped.jsonl")
+    tiny = generate_demo_world(tmp_path / "tiny", seed=13, scale="tiny")
+    shutil.copy(tmp_path / "swapped.jsonl", tiny.unlabelled_file)
+    with pytest.raises(ValueError, match="regenerate the world"):
+        tiny.unlabelled_truth()

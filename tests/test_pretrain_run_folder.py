@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 
 from flair_riva.model import RivaModel
+from flair_riva.pairs import read_pseudo_labelled
 from flair_riva.pretrain import PretrainError, main, run_pretraining
 from tests.conftest import TINY_CLI, tiny_args
 
@@ -91,3 +94,31 @@ def test_unwritable_output_is_a_one_line_error(world, cache_dir, tmp_path, capsy
                  *TINY_CLI]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --output") and "not a writable folder" in err and err.count("\n") == 1
+
+
+def test_pseudo_label_quality_scores_a_run_and_writes_the_true_label_control(demo_run, world, cache_dir, tmp_path,
+                                                                             capsys):
+    """recipes/pseudo_label_quality.py scores the run's pseudo-labels against the world's truth and writes the
+    control of README "Table 3 on the demo world": the run's stages 0-2 with the true labels of the same pairs,
+    which the pretrainer resumes at stage 3 (the teacher and the pairs reused, not redone)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    import pseudo_label_quality
+
+    truth = world.unlabelled_truth()
+    pseudo = read_pseudo_labelled(demo_run / "pseudo_labelled.tsv")
+    true_labels = [truth[(p.text, p.image.name)].image_adds for p in pseudo]
+    correct = sum(p.label == t for p, t in zip(pseudo, true_labels))
+    assert 0 < correct < len(pseudo), "the tiny teacher (1 epoch) makes mistakes, so the control differs"
+    out = tmp_path / "true-labels"
+    assert pseudo_label_quality.main(["--run", str(demo_run), "--true-labels", str(out)]) == 0
+    assert f"pseudo-labelled pairs: {len(pseudo)}, correct {correct} " in capsys.readouterr().out
+    control = read_pseudo_labelled(out / "pseudo_labelled.tsv")
+    assert [(p.text, p.image, p.score) for p in control] == [(p.text, p.image, p.score) for p in pseudo]
+    assert [p.label for p in control] == true_labels
+    teacher_before = (out / "teacher" / "model.safetensors").read_bytes()
+    result = run_pretraining(tiny_args(world, out, cache_dir, resume=True))
+    assert len(result.history) == 2 and (out / "final" / "config.json").is_file()
+    assert (out / "teacher" / "model.safetensors").read_bytes() == teacher_before
+    assert [p.label for p in read_pseudo_labelled(out / "pseudo_labelled.tsv")] == true_labels
+    with pytest.raises(SystemExit, match="exists"):
+        pseudo_label_quality.main(["--run", str(demo_run), "--true-labels", str(out)])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
-from flair_riva.scoring import SpanF1, bio_spans, strict_f1
+from flair_riva.scoring import SpanF1, bio_spans, require_seqeval, strict_f1
 
 
 def test_bio_spans_decode_as_flair_orphans_start_an_entity():
@@ -24,3 +26,11 @@ def test_span_f1_streams_and_differs_from_strict_on_orphans():
     # strict IOB2: the orphan I-LOC is no gold entity, so only ORG matches (P = 1/3, R = 1/2)
     assert strict_f1(gold, pred) == pytest.approx(40.0)
     assert SpanF1().f1 != SpanF1().f1  # nan without entities
+
+
+def test_missing_seqeval_is_named_with_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "seqeval", None)  # what an environment without the package gives
+    with pytest.raises(ImportError, match=r"flair-riva\[recipes\]"):
+        require_seqeval()
+    with pytest.raises(ImportError, match="seqeval"):
+        strict_f1([["B-PER"]], [["B-PER"]])

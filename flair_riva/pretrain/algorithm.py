@@ -125,8 +125,8 @@ class AlgorithmOne:
                                                                  {"params": groups.get("backbone", []),
                                                                   "lr": a.backbone_lr}])}
         if a.model.use_image:  # Algorithm 1 line 10: a separate optimizer over θ_RGN only
-            # with a learning rate of its own (--rgn-lr-factor): at the joint pass's rate, the small labelled
-            # set undoes what the pseudo-labelled pass learned (dev relation F1 fell over the epochs)
+            # at --rgn-lr-factor x the joint rate (default 1, as written): this pass is what corrects the errors
+            # the student inherits from the teacher's pseudo-labels (README, "Table 3 on the demo world")
             rgn = self.student.trainable_parameters("rgn")["rgn"]
             self.optimizers["rgn"] = make_optimizer(a.optimizer, [{"params": rgn, "lr": a.lr * a.rgn_lr_factor}])
         self.schedulers: dict[str, Any] = {}

@@ -83,8 +83,8 @@ class PretrainConfig:
                               "(OTHER_RUN/teacher), e.g. the image model's for the -RGN ablation", OPTIM, metavar="DIR")
     student_init: str = opt("teacher", "the student's token encoder and RGN start from the teacher's weights, or "
                             "random (%(default)s)", OPTIM, choices=("teacher", "fresh"))
-    rgn_lr_factor: float = opt(0.1, "learning rate of the labelled RGN-only pass, as a factor of --lr (%(default)s)",
-                               OPTIM)
+    rgn_lr_factor: float = opt(1.0, "learning rate of the labelled RGN-only pass, as a factor of --lr; 1 = the "
+                               "joint pass's rate, as Algorithm 1 is written (%(default)s)", OPTIM)
     clip: float = opt(5.0, "gradient norm clipping, 0 = off (%(default)s)", OPTIM)
     anneal_factor: float = opt(1.0, "ReduceLROnPlateau factor on dev F1; 1 = constant learning rate, as in the "
                                "paper (%(default)s)", OPTIM)
