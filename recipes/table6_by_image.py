@@ -1,0 +1,115 @@
+"""Table 6 on the demo world, one level finer: the tweets whose image doesn't add, split by what it shows.
+
+An NER tweet of the demo world whose image doesn't add carries either an unrelated picture (food, a meme)
+or a *misleading* one: a picture of another entity kind than its entity's (a person photo beside a place).
+The paper's Table 6 claim, that the gate keeps such images from hurting, is about the second kind. This
+script reads the taggers' test predictions of a quickstart or experiments output (``RUNS/<config>-seed<N>/
+test.tsv``, Flair's ``token gold predicted`` lines) and the world's ``ner/relation_truth.tsv`` and prints
+span F1 (as Flair decodes spans), mean ± std over the seeds, on three subsets of the test tweets: image adds;
+doesn't add, misleading image; doesn't add, unrelated picture. Given ``--riva``, it adds that model's mean
+s_G on each subset and the share of tweets with s_G > 0.5 (the gate opened where it should not, or not).
+
+Usage: ``python recipes/table6_by_image.py --runs OUT/ner/runs --world DEMO_WORLD [--riva OUT/riva/final]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+from collections import defaultdict, deque
+from pathlib import Path
+
+from flair_riva.datasets import TwitterMNERCorpus
+from flair_riva.demo_tweets import TYPE_KIND
+from flair_riva.scoring import bio_spans
+
+SUBSETS = ("image adds", "doesn't add, misleading image", "doesn't add, unrelated picture")
+IMG_TOKEN = "[IMG]"  # the image+text baseline's pseudo-token, not a word of the tweet
+
+
+def subset_of(row: dict[str, str]) -> str:
+    """The subset of a ``relation_truth.tsv`` row (image_adds, image_kind)."""
+    if row["image_adds"] == "1":
+        return SUBSETS[0]
+    return SUBSETS[1] if row["image_kind"] in TYPE_KIND.values() else SUBSETS[2]
+
+
+def read_predictions(path: Path) -> list[list[tuple[str, str, str]]]:
+    """Flair's ``test.tsv``: one ``token gold predicted`` line per token, a blank line after each sentence."""
+    sentences, current = [], []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            if current:
+                sentences.append(current)
+            current = []
+            continue
+        token, gold, pred = line.rsplit(" ", 2)
+        if token != IMG_TOKEN:
+            current.append((token, gold, pred))
+    if current:
+        sentences.append(current)
+    return sentences
+
+
+def subset_f1(run: Path, image_of: dict[tuple[str, ...], deque], subset: dict[str, str]) -> dict[str, float]:
+    """Span micro F1 of one tagger run on each subset; each predicted sentence is matched to a test tweet by its
+    tokens (tweets with the same tokens in file order)."""
+    counts = {name: [0, 0, 0] for name in SUBSETS}  # true positives, predicted, gold
+    queues = {tokens: deque(ids) for tokens, ids in image_of.items()}
+    for sentence in read_predictions(run / "test.tsv"):
+        tokens = tuple(t for t, _, _ in sentence)
+        if not queues.get(tokens):
+            raise SystemExit(f"{run / 'test.tsv'}: not a test tweet of this world: {' '.join(tokens)}")
+        c = counts[subset[queues[tokens].popleft()]]
+        gold, pred = bio_spans([g for _, g, _ in sentence]), bio_spans([p for _, _, p in sentence])
+        c[0] += len(gold & pred)
+        c[1] += len(pred)
+        c[2] += len(gold)
+    return {name: 200 * tp / (p + g) if p + g else float("nan") for name, (tp, p, g) in counts.items()}
+
+
+def mean_std(values: list[float]) -> str:
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=Path, required=True, help="the taggers' run folders (OUT/ner/runs)")
+    parser.add_argument("--world", type=Path, required=True, help="the demo world (its ner/ folder is read)")
+    parser.add_argument("--riva", type=Path, default=None, help="a RIVA model whose s_G to report per subset")
+    args = parser.parse_args(argv)
+    with open(args.world / "ner" / "relation_truth.tsv", encoding="utf-8", newline="") as handle:
+        subset = {row["image_id"]: subset_of(row) for row in csv.DictReader(handle, delimiter="\t")}
+    test = list(TwitterMNERCorpus(args.world / "ner").test)
+    image_of: dict[tuple[str, ...], list[str]] = defaultdict(list)
+    for sentence in test:
+        image_of[tuple(t.text for t in sentence)].append(sentence.get_metadata("image_id"))
+    n = {name: sum(subset[s.get_metadata("image_id")] == name for s in test) for name in SUBSETS}
+    scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in sorted(p for p in args.runs.iterdir() if (p / "test.tsv").is_file()):
+        result = run / "result.json"  # the configuration's name as the tables print it; else the folder's
+        config = json.loads(result.read_text())["config"] if result.is_file() else run.name.rsplit("-seed", 1)[0]
+        for name, f1 in subset_f1(run, image_of, subset).items():
+            scores[config][name].append(f1)
+    if not scores:
+        raise SystemExit(f"no run folder with a test.tsv under {args.runs}")
+    print("| tagger | " + " | ".join(f"{name} (n = {n[name]})" for name in SUBSETS) + " |")
+    print("|---|" + "---:|" * len(SUBSETS))
+    for config, by_subset in scores.items():
+        print(f"| {config} | " + " | ".join(mean_std(by_subset[name]) for name in SUBSETS) + " |")
+    if args.riva is not None:
+        from flair_riva.experiments import relevance_of
+
+        gates = relevance_of(test, args.riva, args.world / "feature-cache")
+        print(f"\ns_G of {args.riva}:\n\n| subset | mean s_G | share with s_G > 0.5 |\n|---|---:|---:|")
+        for name in SUBSETS:
+            values = [g for s, g in zip(test, gates) if subset[s.get_metadata("image_id")] == name]
+            print(f"| {name} | {statistics.mean(values):.3f} | {sum(v > 0.5 for v in values) / len(values):.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
