@@ -349,17 +349,14 @@ def generate_demo_world(
         written[rel] = len(data)
 
     # pool images: one numpy stream per kind, so the kinds do not shift each other
-    pool: dict[str, list[str]] = {}
+    pool = _pool_names(sizes["pool_per_kind"])
     pixels: dict[str, np.ndarray] = {}
     for k, kind in enumerate(IMAGE_KINDS):
         img_rng = np.random.default_rng([seed, 1000 + k])
-        pool[kind] = []
-        for n in range(sizes["pool_per_kind"]):
-            rel = f"images/{kind}_{n:03d}.png"
+        for rel in pool[kind]:
             array = draw_image(kind, img_rng)
             pixels[rel] = array
             put(rel, _encode(array, "PNG"))
-            pool[kind].append(rel)
 
     # relation pairs and unlabelled pairs
     relation_counts: Counter = Counter()

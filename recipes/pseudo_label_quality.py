@@ -31,11 +31,10 @@ from pathlib import Path
 
 from flair_riva.demo import DemoWorld, PairTruth, generate_demo_world
 from flair_riva.pairs import RelationPair, read_pseudo_labelled, write_pseudo_labelled
-from flair_riva.pretrain.run_folder import read_run_args
+from flair_riva.pretrain.run_folder import PSEUDO_FILE, RUN_ARGS_FILE, RUN_STATE_FILE, VOCAB_FILE, read_run_args
 
-PSEUDO_FILE = "pseudo_labelled.tsv"
 #: What --true-labels copies besides the pseudo-labels: everything stage 3 reads from stages 0-2.
-STAGE_FILES = ("run_args.json", "run_state.json", "vocab.json", "teacher")
+STAGE_FILES = (RUN_ARGS_FILE, RUN_STATE_FILE, VOCAB_FILE, "teacher")
 
 
 def world_of(run: Path, demo_dir: Path | None) -> DemoWorld:
