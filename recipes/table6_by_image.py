@@ -7,7 +7,9 @@ script reads the taggers' test predictions of a quickstart or experiments output
 test.tsv``, Flair's ``token gold predicted`` lines) and the world's ``ner/relation_truth.tsv`` and prints
 span F1 (as Flair decodes spans), mean ± std over the seeds, on three subsets of the test tweets: image adds;
 doesn't add, misleading image; doesn't add, unrelated picture. Given ``--riva``, it adds that model's mean
-s_G on each subset and the share of tweets with s_G > 0.5 (the gate opened where it should not, or not).
+s_G on each subset and the share of tweets with s_G > 0.5 (the gate opened where it should not, or not),
+and Table 6 as the paper splits the test set (§4.5: "by classification of the RGN"): image adds where that
+model's s_G >= 0.5, doesn't add where it is below, whatever the world's truth.
 
 Usage: ``python recipes/table6_by_image.py --runs OUT/ner/runs --world DEMO_WORLD [--riva OUT/riva/final]``
 """
@@ -27,6 +29,7 @@ from flair_riva.demo_tweets import TYPE_KIND
 from flair_riva.scoring import bio_spans
 
 SUBSETS = ("image adds", "doesn't add, misleading image", "doesn't add, unrelated picture")
+RGN_SUBSETS = ("RGN: image adds", "RGN: image doesn't add")  # the paper's split, by s_G >= 0.5
 IMG_TOKEN = "[IMG]"  # the image+text baseline's pseudo-token, not a word of the tweet
 
 
@@ -54,10 +57,11 @@ def read_predictions(path: Path) -> list[list[tuple[str, str, str]]]:
     return sentences
 
 
-def subset_f1(run: Path, image_of: dict[tuple[str, ...], deque], subset: dict[str, str]) -> dict[str, float]:
-    """Span micro F1 of one tagger run on each subset; each predicted sentence is matched to a test tweet by its
-    tokens (tweets with the same tokens in file order)."""
-    counts = {name: [0, 0, 0] for name in SUBSETS}  # true positives, predicted, gold
+def subset_f1(run: Path, image_of: dict[tuple[str, ...], deque], subset: dict[str, str],
+              names: tuple[str, ...] = SUBSETS) -> dict[str, float]:
+    """Span micro F1 of one tagger run on each subset (``subset``: image id -> one of ``names``); each predicted
+    sentence is matched to a test tweet by its tokens (tweets with the same tokens in file order)."""
+    counts = {name: [0, 0, 0] for name in names}  # true positives, predicted, gold
     queues = {tokens: deque(ids) for tokens, ids in image_of.items()}
     for sentence in read_predictions(run / "test.tsv"):
         tokens = tuple(t for t, _, _ in sentence)
@@ -87,19 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     image_of: dict[tuple[str, ...], list[str]] = defaultdict(list)
     for sentence in test:
         image_of[tuple(t.text for t in sentence)].append(sentence.get_metadata("image_id"))
-    n = {name: sum(subset[s.get_metadata("image_id")] == name for s in test) for name in SUBSETS}
-    scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for run in sorted(p for p in args.runs.iterdir() if (p / "test.tsv").is_file()):
-        result = run / "result.json"  # the configuration's name as the tables print it; else the folder's
-        config = json.loads(result.read_text())["config"] if result.is_file() else run.name.rsplit("-seed", 1)[0]
-        for name, f1 in subset_f1(run, image_of, subset).items():
-            scores[config][name].append(f1)
-    if not scores:
+    runs = sorted(p for p in args.runs.iterdir() if (p / "test.tsv").is_file())
+    if not runs:
         raise SystemExit(f"no run folder with a test.tsv under {args.runs}")
-    print("| tagger | " + " | ".join(f"{name} (n = {n[name]})" for name in SUBSETS) + " |")
-    print("|---|" + "---:|" * len(SUBSETS))
-    for config, by_subset in scores.items():
-        print(f"| {config} | " + " | ".join(mean_std(by_subset[name]) for name in SUBSETS) + " |")
+    print_table(runs, test, image_of, subset, SUBSETS)
     if args.riva is not None:
         from flair_riva.experiments import relevance_of
 
@@ -108,7 +103,27 @@ def main(argv: list[str] | None = None) -> int:
         for name in SUBSETS:
             values = [g for s, g in zip(test, gates) if subset[s.get_metadata("image_id")] == name]
             print(f"| {name} | {statistics.mean(values):.3f} | {sum(v > 0.5 for v in values) / len(values):.3f} |")
+        by_rgn = {s.get_metadata("image_id"): RGN_SUBSETS[0] if g >= 0.5 else RGN_SUBSETS[1]
+                  for s, g in zip(test, gates)}
+        print(f"\nTable 6 as the paper splits it, by the RGN of {args.riva} (s_G >= 0.5: image adds):\n")
+        print_table(runs, test, image_of, by_rgn, RGN_SUBSETS)
     return 0
+
+
+def print_table(runs: list[Path], test: list, image_of: dict[tuple[str, ...], list[str]], subset: dict[str, str],
+                names: tuple[str, ...]) -> None:
+    """One markdown row per configuration: span F1, mean ± std over its seeds, on each subset of ``names``."""
+    n = {name: sum(subset[s.get_metadata("image_id")] == name for s in test) for name in names}
+    scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        result = run / "result.json"  # the configuration's name as the tables print it; else the folder's
+        config = json.loads(result.read_text())["config"] if result.is_file() else run.name.rsplit("-seed", 1)[0]
+        for name, f1 in subset_f1(run, image_of, subset, names).items():
+            scores[config][name].append(f1)
+    print("| tagger | " + " | ".join(f"{name} (n = {n[name]})" for name in names) + " |")
+    print("|---|" + "---:|" * len(names))
+    for config, by_subset in scores.items():
+        print(f"| {config} | " + " | ".join(mean_std(by_subset[name]) for name in names) + " |")
 
 
 if __name__ == "__main__":

@@ -51,3 +51,26 @@ def test_subsets_scores_and_the_gate(world, tmp_path, capsys):
     (runs / "stranger-seed1" / "test.tsv").write_text("not O O\na tweet O O\n\n")
     with pytest.raises(SystemExit, match="not a test tweet of this world"):
         table6_by_image.main(["--runs", str(runs), "--world", str(world.root)])
+
+
+def test_the_papers_split_by_the_rgn(world, tmp_path, capsys, monkeypatch):
+    """With --riva, Table 6 is also split as the paper splits it: by the RGN's s_G >= 0.5, not by the truth."""
+    import flair_riva.experiments
+
+    test = list(world.ner_corpus().test)
+    gates = [1.0 if i % 2 == 0 else 0.2 for i in range(len(test))]  # the RGN's call, unrelated to the truth
+    monkeypatch.setattr(flair_riva.experiments, "relevance_of", lambda sentences, *_: gates[:len(sentences)])
+    runs = tmp_path / "runs"
+    # right exactly on the tweets the RGN calls "image adds", nothing elsewhere
+    _write_run(runs / "half-seed1", test, lambda gold: gold, config="half")
+    lines = (runs / "half-seed1" / "test.tsv").read_text().split("\n\n")
+    kept = [block if i % 2 == 0 else "\n".join(f"{line.rsplit(' ', 1)[0]} O" for line in block.splitlines())
+            for i, block in enumerate(lines[:len(test)])]
+    (runs / "half-seed1" / "test.tsv").write_text("\n\n".join(kept) + "\n\n")
+    assert table6_by_image.main(["--runs", str(runs), "--world", str(world.root), "--riva", "unused"]) == 0
+    out = capsys.readouterr().out.split("as the paper splits it")[1]
+    header = next(line for line in out.splitlines() if line.startswith("| tagger |"))
+    assert f"RGN: image adds (n = {(len(test) + 1) // 2})" in header
+    assert f"RGN: image doesn't add (n = {len(test) // 2})" in header
+    row = next(line for line in out.splitlines() if line.startswith("| half |"))
+    assert row.split("|")[2].strip() == "100.00" and row.split("|")[3].strip() == "0.00", row
