@@ -14,7 +14,8 @@
 
 Usage: ``python recipes/quickstart.py [--output runs/quickstart] [--seeds 1] [--jobs 2]``
 The README's 3-seed figures come from ``--seeds 3 --epochs 10 --all-configs --probe riva riva-text
-riva-nogate`` (mean ± std over the tagger seeds).
+riva-nogate`` (mean ± std over the tagger seeds); ``--pretrain-seed N`` (one ``--output`` per N) varies the
+pretraining seed too (``recipes/table6_by_image.py`` pools such outputs).
 """
 
 from __future__ import annotations
@@ -145,15 +146,21 @@ def needed_models(configs: list[str], probes: list[str]) -> list[str]:
     return [name for name in MODELS if name in wanted]
 
 
-def pretrain_jobs(world, output: Path, epochs: int, teacher_epochs: int, names: list[str] | None = None) -> list[Job]:
-    """``python -m flair_riva.pretrain`` on the demo world for each model of ``names`` (default: all) not yet
-    finished. The -RGN run reuses the image model's teacher (the same network on the same data), so it waits
-    for it."""
+def pretrain_jobs(world, output: Path, epochs: int, teacher_epochs: int, names: list[str] | None = None,
+                  seed: int = 1) -> list[Job]:
+    """``python -m flair_riva.pretrain --seed seed`` on the demo world for each model of ``names`` (default:
+    all) not yet finished; a finished one pretrained with another seed is refused. The -RGN run reuses the
+    image model's teacher (the same network on the same data), so it waits for it."""
     jobs: list[Job] = []
     for name, extra in MODELS.items():
         if names is not None and name not in names:
             continue
         if (output / name / "final" / "config.json").exists():
+            run_args = output / name / "run_args.json"
+            used = json.loads(run_args.read_text())["args"].get("seed") if run_args.is_file() else None
+            if used is not None and used != seed:
+                raise SystemExit(f"{output / name} was pretrained with seed {used}, not --pretrain-seed {seed}: "
+                                 "use another --output, or the same --pretrain-seed")
             log.info("reusing %s", output / name / "final")
             continue
         needs = []
@@ -164,7 +171,7 @@ def pretrain_jobs(world, output: Path, epochs: int, teacher_epochs: int, names: 
             "flair_riva.pretrain", "--demo-dir", str(world.root), "--output", str(output / name),
             "--freeze-backbone", "--backbone-weights", "none", "--feature-cache", str(world.root / "feature-cache"),
             "--overwrite", "--no-progress", "--epochs", str(epochs), "--teacher-epochs", str(teacher_epochs),
-            *QUICK_MODEL, *extra]))
+            "--seed", str(seed), *QUICK_MODEL, *extra]))
     return jobs
 
 
@@ -267,7 +274,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="epochs of Algorithm 1 (at 6 the LM states carry the image type only weakly; README)")
     parser.add_argument("--teacher-epochs", type=int, default=40,
                         help="teacher epochs (at 20 some teachers stay near 80 F1 and the LM learns the image late)")
-    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--seeds", type=int, default=1, help="tagger seeds 1..N (%(default)s)")
+    parser.add_argument("--pretrain-seed", type=int, default=1,
+                        help="seed of RIVA's pretraining runs (%(default)s): the teacher, the pseudo-labels and the "
+                             "student, so the gate, vary with it; one --output per pretraining seed")
     parser.add_argument("--jobs", type=int, default=2, help="processes at a time (one thread each)")
     parser.add_argument("--configs", nargs="+", default=QUICK_CONFIGS, choices=CONFIGS,
                         help="tagger configurations (%(default)s); -RGN must follow '--configs=' or use --all-configs")
@@ -291,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     taggers = tagger_jobs(args.configs, args.seeds, output)
     # the probes last: they are short and fill the end, when one worker would otherwise wait for the other
     names = needed_models(args.configs, args.probe)
-    jobs = (pretrain_jobs(world, output, args.pretrain_epochs, args.teacher_epochs, names)
+    jobs = (pretrain_jobs(world, output, args.pretrain_epochs, args.teacher_epochs, names, args.pretrain_seed)
             + [t for t in taggers if t.needs]
             + [t for t in taggers if not t.needs] + probe_jobs(world, output, args.probe))
     rows = run_jobs(jobs, args.jobs, settings)

@@ -11,7 +11,9 @@ s_G on each subset and the share of tweets with s_G > 0.5 (the gate opened where
 and Table 6 as the paper splits the test set (§4.5: "by classification of the RGN"): image adds where that
 model's s_G >= 0.5, doesn't add where it is below, whatever the world's truth.
 
-Usage: ``python recipes/table6_by_image.py --runs OUT/ner/runs --world DEMO_WORLD [--riva OUT/riva/final]``
+Usage: ``python recipes/table6_by_image.py --runs OUT/ner/runs --world DEMO_WORLD [--riva OUT/riva/final]``.
+Several ``--runs`` folders (quickstart outputs of several ``--pretrain-seed``), each with its ``--riva`` model in
+the same order, are pooled: mean ± std over every tagger run of every pretraining run.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import statistics
 import sys
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from pathlib import Path
 
 from flair_riva.datasets import TwitterMNERCorpus
@@ -30,6 +33,7 @@ from flair_riva.scoring import bio_spans
 
 SUBSETS = ("image adds", "doesn't add, misleading image", "doesn't add, unrelated picture")
 RGN_SUBSETS = ("RGN: image adds", "RGN: image doesn't add")  # the paper's split, by s_G >= 0.5
+ALL = "all test tweets"
 IMG_TOKEN = "[IMG]"  # the image+text baseline's pseudo-token, not a word of the tweet
 
 
@@ -59,71 +63,93 @@ def read_predictions(path: Path) -> list[list[tuple[str, str, str]]]:
 
 def subset_f1(run: Path, image_of: dict[tuple[str, ...], deque], subset: dict[str, str],
               names: tuple[str, ...] = SUBSETS) -> dict[str, float]:
-    """Span micro F1 of one tagger run on each subset (``subset``: image id -> one of ``names``); each predicted
-    sentence is matched to a test tweet by its tokens (tweets with the same tokens in file order)."""
+    """Span micro F1 of one tagger run on each subset (``subset``: image id -> one of ``names``; :data:`ALL`
+    among ``names`` scores every tweet); each predicted sentence is matched to a test tweet by its tokens
+    (tweets with the same tokens in file order)."""
     counts = {name: [0, 0, 0] for name in names}  # true positives, predicted, gold
     queues = {tokens: deque(ids) for tokens, ids in image_of.items()}
     for sentence in read_predictions(run / "test.tsv"):
         tokens = tuple(t for t, _, _ in sentence)
         if not queues.get(tokens):
             raise SystemExit(f"{run / 'test.tsv'}: not a test tweet of this world: {' '.join(tokens)}")
-        c = counts[subset[queues[tokens].popleft()]]
         gold, pred = bio_spans([g for _, g, _ in sentence]), bio_spans([p for _, _, p in sentence])
-        c[0] += len(gold & pred)
-        c[1] += len(pred)
-        c[2] += len(gold)
+        for name in (subset[queues[tokens].popleft()], ALL):
+            if name in counts:
+                c = counts[name]
+                c[0] += len(gold & pred)
+                c[1] += len(pred)
+                c[2] += len(gold)
     return {name: 200 * tp / (p + g) if p + g else float("nan") for name, (tp, p, g) in counts.items()}
 
 
 def mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=Path, required=True, help="the taggers' run folders (OUT/ner/runs)")
+    parser.add_argument("--runs", type=Path, nargs="+", required=True,
+                        help="the taggers' run folders (OUT/ner/runs), one per pretraining run; pooled")
     parser.add_argument("--world", type=Path, required=True, help="the demo world (its ner/ folder is read)")
-    parser.add_argument("--riva", type=Path, default=None, help="a RIVA model whose s_G to report per subset")
+    parser.add_argument("--riva", type=Path, nargs="+", default=None,
+                        help="the RIVA model whose s_G to report, one per --runs folder, in the same order")
     args = parser.parse_args(argv)
+    if args.riva is not None and len(args.riva) != len(args.runs):
+        parser.error(f"--riva names {len(args.riva)} models for {len(args.runs)} --runs folders: give one per folder")
     with open(args.world / "ner" / "relation_truth.tsv", encoding="utf-8", newline="") as handle:
         subset = {row["image_id"]: subset_of(row) for row in csv.DictReader(handle, delimiter="\t")}
     test = list(TwitterMNERCorpus(args.world / "ner").test)
     image_of: dict[tuple[str, ...], list[str]] = defaultdict(list)
     for sentence in test:
         image_of[tuple(t.text for t in sentence)].append(sentence.get_metadata("image_id"))
-    runs = sorted(p for p in args.runs.iterdir() if (p / "test.tsv").is_file())
-    if not runs:
-        raise SystemExit(f"no run folder with a test.tsv under {args.runs}")
-    print_table(runs, test, image_of, subset, SUBSETS)
+    groups = []
+    for folder in args.runs:
+        runs = sorted(p for p in folder.iterdir() if (p / "test.tsv").is_file())
+        if not runs:
+            raise SystemExit(f"no run folder with a test.tsv under {folder}")
+        groups.append(runs)
+    print_table([(runs, subset) for runs in groups], test, image_of, (ALL, *SUBSETS))
     if args.riva is not None:
         from flair_riva.experiments import relevance_of
 
-        gates = relevance_of(test, args.riva, args.world / "feature-cache")
-        print(f"\ns_G of {args.riva}:\n\n| subset | mean s_G | share with s_G > 0.5 |\n|---|---:|---:|")
+        gates = [relevance_of(test, model, args.world / "feature-cache") for model in args.riva]
+        print("\ns_G of " + ", ".join(map(str, args.riva)) + " (one value per model):\n\n"
+              "| subset | mean s_G | share with s_G > 0.5 |\n|---|---:|---:|")
         for name in SUBSETS:
-            values = [g for s, g in zip(test, gates) if subset[s.get_metadata("image_id")] == name]
-            print(f"| {name} | {statistics.mean(values):.3f} | {sum(v > 0.5 for v in values) / len(values):.3f} |")
-        by_rgn = {s.get_metadata("image_id"): RGN_SUBSETS[0] if g >= 0.5 else RGN_SUBSETS[1]
-                  for s, g in zip(test, gates)}
-        print(f"\nTable 6 as the paper splits it, by the RGN of {args.riva} (s_G >= 0.5: image adds):\n")
-        print_table(runs, test, image_of, by_rgn, RGN_SUBSETS)
+            values = [[g for s, g in zip(test, model) if subset[s.get_metadata("image_id")] == name] for model in gates]
+            print(f"| {name} | " + " / ".join(f"{statistics.mean(v):.3f}" for v in values) + " | "
+                  + " / ".join(f"{sum(g > 0.5 for g in v) / len(v):.3f}" for v in values) + " |")
+        by_rgn = [{s.get_metadata("image_id"): RGN_SUBSETS[0] if g >= 0.5 else RGN_SUBSETS[1]
+                   for s, g in zip(test, model)} for model in gates]
+        print("\nTable 6 as the paper splits it, each folder's runs by its model's RGN (s_G >= 0.5: image adds):\n")
+        print_table(list(zip(groups, by_rgn)), test, image_of, RGN_SUBSETS)
     return 0
 
 
-def print_table(runs: list[Path], test: list, image_of: dict[tuple[str, ...], list[str]], subset: dict[str, str],
-                names: tuple[str, ...]) -> None:
-    """One markdown row per configuration: span F1, mean ± std over its seeds, on each subset of ``names``."""
-    n = {name: sum(subset[s.get_metadata("image_id")] == name for s in test) for name in names}
+def print_table(groups: list[tuple[list[Path], dict[str, str]]], test: list,
+                image_of: dict[tuple[str, ...], list[str]], names: tuple[str, ...]) -> None:
+    """One markdown row per configuration: span F1, mean ± std over all its runs, on each subset of ``names``.
+    ``groups``: (run folders, image id -> subset), one per pretraining run; the subsets' sizes are given per
+    group when they differ."""
+    sizes = [[sum(name in (subset[s.get_metadata("image_id")], ALL) for s in test) for _, subset in groups]
+             for name in names]
     scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for run in runs:
-        result = run / "result.json"  # the configuration's name as the tables print it; else the folder's
-        config = json.loads(result.read_text())["config"] if result.is_file() else run.name.rsplit("-seed", 1)[0]
-        for name, f1 in subset_f1(run, image_of, subset, names).items():
-            scores[config][name].append(f1)
-    print("| tagger | " + " | ".join(f"{name} (n = {n[name]})" for name in names) + " |")
-    print("|---|" + "---:|" * len(names))
+    n_runs: Counter = Counter()
+    for runs, subset in groups:
+        for run in runs:
+            result = run / "result.json"  # the configuration's name as the tables print it; else the folder's
+            config = json.loads(result.read_text())["config"] if result.is_file() else run.name.rsplit("-seed", 1)[0]
+            n_runs[config] += 1
+            for name, f1 in subset_f1(run, image_of, subset, names).items():
+                if not math.isnan(f1):  # a subset without tweets in this group has no score
+                    scores[config][name].append(f1)
+    print("| tagger | runs | " + " | ".join(
+        f"{name} (n = {' / '.join(map(str, n)) if len(set(n)) > 1 else n[0]})" for name, n in zip(names, sizes)) + " |")
+    print("|---|---:|" + "---:|" * len(names))
     for config, by_subset in scores.items():
-        print(f"| {config} | " + " | ".join(mean_std(by_subset[name]) for name in names) + " |")
+        print(f"| {config} | {n_runs[config]} | " + " | ".join(mean_std(by_subset[n]) for n in names) + " |")
 
 
 if __name__ == "__main__":

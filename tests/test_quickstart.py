@@ -3,6 +3,7 @@ first failure stops the rest."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +90,16 @@ def test_pretraining_evidence_prints_the_relation_f1_in_percent(tmp_path):
     table = quickstart.pretraining_evidence(tmp_path, ["riva", "riva-text"]).splitlines()
     assert table[2] == "| riva | 5.31 | 0.0915 | 0.9659 | 93.72 / 92.61 / 94.69 |"
     assert table[3] == "| riva-text | 6.01 | - | - | - / - / - |"
+
+
+def test_pretraining_seed_is_passed_and_a_model_of_another_seed_is_refused(tmp_path):
+    world = type("World", (), {"root": tmp_path / "world"})()
+    jobs = quickstart.pretrain_jobs(world, tmp_path, 12, 40, ["riva", "riva-nogate"], seed=2)
+    for job in jobs:
+        assert job.module[job.module.index("--seed") + 1] == "2"
+    (tmp_path / "riva" / "final").mkdir(parents=True)
+    (tmp_path / "riva" / "final" / "config.json").write_text("{}")
+    (tmp_path / "riva" / "run_args.json").write_text(json.dumps({"args": {"seed": 2}}))
+    assert [job.name for job in quickstart.pretrain_jobs(world, tmp_path, 12, 40, ["riva"], seed=2)] == []
+    with pytest.raises(SystemExit, match="pretrained with seed 2, not --pretrain-seed 1"):
+        quickstart.pretrain_jobs(world, tmp_path, 12, 40, ["riva"], seed=1)

@@ -42,10 +42,11 @@ def test_subsets_scores_and_the_gate(world, tmp_path, capsys):
     out = capsys.readouterr().out
     perfect = next(line for line in out.splitlines() if line.startswith("| +RIVA(image+text) |"))
     nothing = next(line for line in out.splitlines() if line.startswith("| nothing |"))
-    assert perfect.count("100.00 ± 0.00") == 3, perfect  # every subset of the tiny world has tweets
+    assert perfect.startswith("| +RIVA(image+text) | 2 |"), perfect  # two runs of that configuration
+    assert perfect.count("100.00 ± 0.00") == 4, perfect  # all tweets, and every subset of the tiny world
     assert "0.00" in nothing and "100" not in nothing
-    n = sum(int(part.split("n = ")[1].rstrip(") |")) for part in out.splitlines()[0].split("|")[2:-1])
-    assert n == len(truth)
+    sizes = [int(part.split("n = ")[1].rstrip(") |")) for part in out.splitlines()[0].split("|")[3:-1]]
+    assert sizes[0] == len(truth) == sum(sizes[1:])
 
     (runs / "stranger-seed1").mkdir()
     (runs / "stranger-seed1" / "test.tsv").write_text("not O O\na tweet O O\n\n")
@@ -73,4 +74,27 @@ def test_the_papers_split_by_the_rgn(world, tmp_path, capsys, monkeypatch):
     assert f"RGN: image adds (n = {(len(test) + 1) // 2})" in header
     assert f"RGN: image doesn't add (n = {len(test) // 2})" in header
     row = next(line for line in out.splitlines() if line.startswith("| half |"))
-    assert row.split("|")[2].strip() == "100.00" and row.split("|")[3].strip() == "0.00", row
+    assert row.split("|")[3].strip() == "100.00" and row.split("|")[4].strip() == "0.00", row
+
+
+def test_runs_of_several_pretraining_seeds_are_pooled(world, tmp_path, capsys, monkeypatch):
+    """Several --runs folders, each split by its own model's RGN; one --riva per folder."""
+    import flair_riva.experiments
+
+    test = list(world.ner_corpus().test)
+    gates = {"model-a": [1.0] * len(test), "model-b": [0.0] * len(test)}  # every tweet "adds", none "adds"
+    monkeypatch.setattr(flair_riva.experiments, "relevance_of", lambda sentences, model, *_: gates[str(model)])
+    for folder in ("a", "b"):
+        _write_run(tmp_path / folder / "perfect-seed1", test, lambda gold: gold, config="perfect")
+    argv = ["--runs", str(tmp_path / "a"), str(tmp_path / "b"), "--world", str(world.root)]
+    assert table6_by_image.main(argv + ["--riva", "model-a", "model-b"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[2].startswith("| perfect | 2 | 100.00 ± 0.00 |")
+    header = next(line for line in out.split("as the paper splits it")[1].splitlines() if line.startswith("| tagger"))
+    assert f"RGN: image adds (n = {len(test)} / 0)" in header and f"doesn't add (n = 0 / {len(test)})" in header
+    assert "1.000 / 0.000" in out  # the share of open gates, per model
+    rgn_row = next(line for line in out.split("as the paper splits it")[1].splitlines() if line.startswith("| perfect"))
+    assert rgn_row == "| perfect | 2 | 100.00 | 100.00 |"  # one run in each subset, two runs in all
+    with pytest.raises(SystemExit):
+        table6_by_image.main(argv + ["--riva", "model-a"])
+    assert "one per folder" in capsys.readouterr().err
