@@ -65,6 +65,10 @@ SECONDARY = {
     "ORG": ("via {E}", "sponsored by {E}", "powered by {E}"),
     "OTHER": ("during {E}", "while watching {E}", "ahead of {E}"),
 }
+#: With ``unseen_ner_contexts`` (:func:`flair_riva.demo.generate_demo_world`), the NER train split reveals
+#: types only through the first ``SEEN_REVEAL`` contexts of each type, dev and test only through the others;
+#: the relation and unlabelled pairs use all of them, so only a pretrained model has seen the latter.
+SEEN_REVEAL = 6
 # World v2: what a related picture shows, said right after the entity ("look at Jordan on stage"): in
 # the pretraining pairs whose image adds, these words are predictable from the image (and, for an
 # ambiguous name in a neutral context, from nothing else), so the language model gains from the image.
@@ -130,9 +134,10 @@ class _TweetMaker:
 
     def tweet(self, *, related: int, context: str, etype: str, image_kind: str, p_photo: float,
               p_ambiguous: float = 0.8, p_secondary: float = 0.3, p_shown: float = 0.0,
-              p_opener: float = 0.0) -> _Tweet:
+              p_opener: float = 0.0, reveal: dict[str, tuple[str, ...]] | None = None) -> _Tweet:
         """One tweet. ``p_shown`` / ``p_opener``: probability of :data:`SHOWN` words after the entity / an
-        :data:`OPENER` word first, both naming what an image of ``image_kind`` shows (world v2)."""
+        :data:`OPENER` word first, both naming what an image of ``image_kind`` shows (world v2). ``reveal``:
+        the revealing contexts to draw from, by type (default :data:`REVEAL`)."""
         r = self.rng
         cue = "photo" if r.random() < p_photo else "opinion"
         entity = self._entity(etype, p_ambiguous)
@@ -150,7 +155,7 @@ class _TweetMaker:
                 core = f"{phrase} {r.choice((':', ','))} {r.choice(NEUTRAL)}"
         else:
             phrase = r.choice(PHOTO_CUES if cue == "photo" else OPINION_CUES)
-            core = f"{phrase} {r.choice((':', ','))} {r.choice(REVEAL[etype])}"
+            core = f"{phrase} {r.choice((':', ','))} {r.choice((reveal or REVEAL)[etype])}"
         if shown_type is not None and context == "neutral" and r.random() < p_shown:
             core = core.replace("{E}", "{E} " + r.choice(SHOWN[shown_type]), 1)
         parts.append(self._fill(core, entity, etype))
@@ -221,9 +226,10 @@ def _pair_tweet(maker: _TweetMaker, p_neutral_related: float, p_shown: float = P
     return maker.tweet(related=0, context=context, etype=etype, image_kind=kind, p_photo=0.25)
 
 
-def _ner_tweet(maker: _TweetMaker) -> _Tweet:
+def _ner_tweet(maker: _TweetMaker, reveal: dict[str, tuple[str, ...]] | None = None) -> _Tweet:
     """An NER tweet: related = neutral context + image of the entity's kind; unrelated = revealing
-    context + food/meme (60%) or a misleading image of another kind (40%)."""
+    context (drawn from ``reveal``, default :data:`REVEAL`) + food/meme (60%) or a misleading image of
+    another kind (40%)."""
     r = maker.rng
     etype = r.choice(("PER", "LOC", "ORG"))
     if r.random() < 0.5:
@@ -234,4 +240,4 @@ def _ner_tweet(maker: _TweetMaker) -> _Tweet:
     else:
         kind = TYPE_KIND[r.choice([t for t in ("PER", "LOC", "ORG") if t != etype])]
     return maker.tweet(related=0, context="reveal", etype=etype, image_kind=kind, p_photo=0.25,
-                       p_ambiguous=0.85, p_secondary=0.35)
+                       p_ambiguous=0.85, p_secondary=0.35, reveal=reveal)

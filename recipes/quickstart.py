@@ -268,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=Path("runs/quickstart"))
     parser.add_argument("--demo-dir", type=Path, default=None)
+    parser.add_argument("--unseen-ner-contexts", action="store_true",
+                        help="the demo world's variant whose NER dev/test tweets reveal types through contexts that "
+                             "NER train never uses, only the pretraining pairs (flair_riva.demo; README)")
     parser.add_argument("--epochs", type=int, default=8, help="biLSTM-CRF epochs")
     parser.add_argument("--batch-size", type=int, default=16, help="biLSTM-CRF mini-batch")
     parser.add_argument("--pretrain-epochs", type=int, default=12,
@@ -293,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     start = time.time()
     output = args.output.resolve()
-    world = generate_demo_world(args.demo_dir or default_demo_root())
+    world = generate_demo_world(args.demo_dir or default_demo_root(args.unseen_ner_contexts),
+                                unseen_ner_contexts=args.unseen_ner_contexts)
     settings = {"world": str(world.root), "models": str(output), "output": str(output / "ner"),
                 "configs": args.configs, "seeds": args.seeds, "epochs": args.epochs, "batch_size": args.batch_size}
     # One queue for everything, in order of priority: each job starts as soon as its inputs exist, so the

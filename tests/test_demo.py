@@ -284,3 +284,58 @@ def test_unlabelled_truth_replays_the_generator(full_world, tmp_path):
     shutil.copy(tmp_path / "swapped.jsonl", tiny.unlabelled_file)
     with pytest.raises(ValueError, match="regenerate the world"):
         tiny.unlabelled_truth()
+
+
+def _reveal_index(text: str, etype: str) -> int | None:
+    """Which of REVEAL[etype]'s contexts a tweet's text uses (None: none)."""
+    import re
+
+    found = []
+    for i, template in enumerate(REVEAL[etype]):
+        pattern = " ".join(r".+?" if w == "{E}" else re.escape(w).replace(r"\{N\}", r"\d+").replace(r"\{Y\}", r"\d+")
+                           for w in template.split())
+        if re.search(rf"(^| ){pattern}( |$)", text):
+            found.append(i)
+    assert len(found) <= 1, (text, found)
+    return found[0] if found else None
+
+
+def test_unseen_ner_contexts_variant(full_world, tmp_path):
+    """The variant's NER train reveals types only through the first SEEN_REVEAL contexts, dev and test only
+    through the others; what pretraining reads is the default world's, byte for byte."""
+    from flair_riva.demo import SEEN_REVEAL
+
+    variant = generate_demo_world(tmp_path / "variant", seed=13, unseen_ner_contexts=True)
+    assert variant.unseen_ner_contexts and not full_world.unseen_ner_contexts
+    for name in ("relation.tsv", "unlabelled.jsonl"):
+        assert (variant.root / name).read_bytes() == (full_world.root / name).read_bytes()
+    assert json.loads(variant.manifest_file.read_text())["unseen_ner_contexts"] is True
+    assert "unseen_ner_contexts" not in json.loads(full_world.manifest_file.read_text())
+    assert (variant.root / "README.txt").read_text().startswith("VARIANT unseen NER contexts")
+    truth = {row.split("\t")[0]: row.split("\t") for row in variant.relation_truth_file.read_text().splitlines()[1:]}
+    corpus = variant.ner_corpus()
+    used: dict[str, Counter] = {}
+    for split, sentences in (("train", corpus.train), ("dev", corpus.dev), ("test", corpus.test)):
+        used[split] = Counter()
+        for sentence in sentences:
+            _, adds, _, _, etype = truth[sentence.get_metadata("image_id")]
+            if adds == "0":
+                index = _reveal_index(" ".join(t.text for t in sentence), etype)
+                assert index is not None, sentence
+                used[split][index < SEEN_REVEAL] += 1
+    assert used["train"][False] == 0 and used["train"][True] > 200
+    for split in ("dev", "test"):
+        assert used[split][True] == 0 and used[split][False] > 70
+    # the default world uses both kinds of context in every split
+    corpus = full_world.ner_corpus()
+    truth = {row.split("\t")[0]: row.split("\t") for row in full_world.relation_truth_file.read_text().splitlines()[1:]}
+    for sentences in (corpus.train, corpus.test):
+        seen = Counter(_reveal_index(" ".join(t.text for t in s), truth[s.get_metadata("image_id")][4]) < SEEN_REVEAL
+                       for s in sentences if truth[s.get_metadata("image_id")][1] == "0")
+        assert seen[True] > 0 and seen[False] > 0
+    # asking for the other world in the same folder regenerates it; the variant has a default folder of its own
+    assert not generate_demo_world(variant.root, seed=13).unseen_ner_contexts
+    assert (variant.root / "ner" / "test.txt").read_bytes() == (full_world.root / "ner" / "test.txt").read_bytes()
+    assert default_demo_root(unseen_ner_contexts=True).name == "demo-world-v2-unseen-ner-contexts"
+    assert main(["--out", str(tmp_path / "cli"), "--scale", "tiny", "--unseen-ner-contexts"]) == 0
+    assert json.loads((tmp_path / "cli" / "manifest.json").read_text())["unseen_ner_contexts"] is True
