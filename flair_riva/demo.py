@@ -46,6 +46,11 @@ The world's logic (why the image matters):
   Only half of the related neutral pairs carry SHOWN words, so their absence is no text cue for
   "doesn't add" (with all of them carrying the words, the gate learnt that shortcut and stayed half
   closed on the related NER tweets).
+* Variant ``unseen_ner_contexts`` (:func:`generate_demo_world`): NER train's unrelated tweets reveal their
+  type through the first :data:`SEEN_REVEAL` revealing contexts of each type only, dev and test through the
+  others only; what pretraining reads is unchanged. There a tagger must take the type of those tweets from
+  RIVA's vectors, so Table 6's claim for images that don't add can show (the default world puts every RIVA
+  tagger near 99 F1 on them).
 
 This module defines the world (:class:`DemoWorld`) and writes it (:func:`generate_demo_world`, the
 command); the pictures are drawn by :mod:`flair_riva.demo_images` and the tweets made by
@@ -334,7 +339,7 @@ def generate_demo_world(
     Args:
         root: output folder (created if needed; files of a different world written there before are removed).
         seed: the seed of every random choice; the same seed and scale give byte-identical files.
-        scale: size factor (1.0 = ~600 relation pairs, ~3000 unlabelled pairs, 600/200/200 NER tweets,
+        scale: size factor (1.0 = 1200 relation pairs, 3000 unlabelled pairs, 600/200/200 NER tweets,
             125 pool images), or a preset name: ``"default"`` (1.0), ``"tiny"`` (0.1, for tests).
         size: alias of ``scale`` (takes precedence when given).
         force: regenerate even when ``root`` holds a complete world with the same seed and scale.
@@ -346,7 +351,7 @@ def generate_demo_world(
             reaches RIVA's vectors (``-RGN``) can mislead there. Its default ``root`` is a folder of its own.
 
     Idempotent: when ``root/manifest.json`` describes a complete world (every file present with its
-    recorded size) with the same seed, scale and world version, nothing is written and that world is
+    recorded size) with the same seed, scale, world version and variant, nothing is written and that world is
     returned. The manifest is written last, atomically, so an interrupted run is regenerated.
     """
     start = time.perf_counter()
