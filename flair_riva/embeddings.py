@@ -128,6 +128,9 @@ class RivaEmbeddings(TokenEmbeddings):
             memoised in memory for this process).
         name: the embedding's name (Flair keys token vectors by it). Default
             ``riva-<fingerprint of config and vocabulary>-image`` (or ``-text``).
+        force_relevance: a control, not for tagging: s_G forced to this value in [0, 1] for every sentence
+            with an image (1 lets every image through the gate, as ``-RGN`` does; 0 none) instead of the
+            RGN's score (§3.1). Sentences without an image keep s_G = 0. Default ``None``: the RGN decides.
 
     A :class:`RivaModel` passed in is used as is (not copied): the constructor sets its
     ``requires_grad`` flags (all off when frozen; on for everything but the backbone and the
@@ -153,6 +156,7 @@ class RivaEmbeddings(TokenEmbeddings):
         image_key: str = "image_path",
         feature_cache: str | Path | None = None,
         name: str | None = None,
+        force_relevance: float | None = None,
     ) -> None:
         if isinstance(model, RivaModel):
             riva = model
@@ -162,6 +166,8 @@ class RivaEmbeddings(TokenEmbeddings):
             raise TypeError(f"RivaEmbeddings needs a RivaModel or a model directory, not {type(model).__name__}")
         if not isinstance(image_key, str) or not image_key:
             raise ValueError(f"image_key must be a non-empty string, got {image_key!r}")
+        if force_relevance is not None and not 0.0 <= float(force_relevance) <= 1.0:
+            raise ValueError(f"force_relevance (a forced s_G) must be in [0, 1] or None, got {force_relevance!r}")
         effective_use_image = bool(use_image) and bool(riva.config.use_image)
         default_name = f"riva-{model_fingerprint(riva.config, riva.vocab)}-{'image' if effective_use_image else 'text'}"
         self.name = name if name is not None else default_name
@@ -173,6 +179,7 @@ class RivaEmbeddings(TokenEmbeddings):
         self.use_image = effective_use_image
         self.image_key = image_key
         self.feature_cache = str(feature_cache) if feature_cache is not None else None
+        self.force_relevance = float(force_relevance) if force_relevance is not None else None
         self._from_params = False
         self._featurizer: ImageFeaturizer | None = None
         self.image_stats: Counter[str] = Counter()
@@ -315,7 +322,9 @@ class RivaEmbeddings(TokenEmbeddings):
         """Per-sentence token states (T_i, 2H), s_G (B,) and the Eq. (8) attention (B, R) or None.
 
         The model handles sentences without an image (s_G = 0; :meth:`RivaModel.forward`)."""
-        states, out = self.model.embed(token_lists, visual)
+        value = getattr(self, "force_relevance", None)  # None in embeddings pickled before it existed
+        forced = None if value is None else torch.full((len(token_lists),), value)
+        states, out = self.model.embed(token_lists, visual, forced)
         attention = out.attention.detach().float().cpu() if out.attention is not None else None
         return states, out.s_g.detach().float().cpu(), attention
 
@@ -364,6 +373,7 @@ class RivaEmbeddings(TokenEmbeddings):
             "image_key": self.image_key,
             "feature_cache": self.feature_cache,
             "name": self.name,
+            "force_relevance": self.force_relevance,
         }
 
     @classmethod
@@ -392,7 +402,8 @@ class RivaEmbeddings(TokenEmbeddings):
 
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, embedding_length={self.embedding_length}, fine_tune={self.fine_tune}, "
-                f"use_image={self.use_image}, image_key={self.image_key!r}, feature_cache={self.feature_cache!r}")
+                f"use_image={self.use_image}, image_key={self.image_key!r}, feature_cache={self.feature_cache!r}"
+                + (f", force_relevance={self.force_relevance}" if self.force_relevance is not None else ""))
 
     def __str__(self) -> str:
         return self.name

@@ -10,6 +10,8 @@ on dev three ways:
 * ``shuffled``: the dev images permuted among the dev tweets (a control: if ``own`` is not above it,
   the vectors do not use the image);
 * ``no_image``: every dev tweet without an image (s_G = 0);
+* ``gate_open``: each dev tweet with its own image and s_G forced to 1 (a control of the gate: where the RGN
+  closed it, this lets the image in; for a ``-RGN`` model it equals ``own``);
 * ``text_bow``: no RIVA at all, a control of what the text alone tells a linear probe: the same logistic
   regression on the bag of words of the entity's tweet (its :data:`BOW_WORDS` most frequent train words)
   plus its surface form. Where RIVA(text) is below chance, this shows whether the text itself points away.
@@ -61,7 +63,8 @@ class ProbeReport:
     """Accuracies (in [0, 1]) of the entity-type probe on dev, per condition and subset."""
 
     accuracy: dict[str, dict[str, float]] = field(default_factory=dict)
-    """``accuracy[condition][subset]``; conditions ``own``, ``shuffled``, ``no_image`` and ``text_bow``."""
+    """``accuracy[condition][subset]``; conditions ``own``, ``shuffled``, ``no_image``, ``gate_open`` and
+    ``text_bow``."""
     counts: dict[str, int] = field(default_factory=dict)
     """Number of dev entities per subset."""
     chance: dict[str, float] = field(default_factory=dict)
@@ -197,6 +200,8 @@ def run_probe(model, train: Sequence[Sentence], dev: Sequence[Sentence], *, feat
         conditions["shuffled"] = RivaEmbeddings(own.model, feature_cache=feature_cache, image_key=SHUFFLED_KEY,
                                                 name="riva-probe")
         conditions["no_image"] = RivaEmbeddings(own.model, use_image=False, name="riva-probe")
+        conditions["gate_open"] = RivaEmbeddings(own.model, feature_cache=feature_cache, name="riva-probe",
+                                                 force_relevance=1.0)
 
     def clear(sentences: Sequence[Sentence]) -> None:
         for sentence in sentences:
@@ -257,7 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m flair_riva.probe",
         description="Entity-type probe on frozen RIVA vectors: does the model carry what the image shows? "
-                    "Trained on the corpus's train split, scored on dev with own, shuffled and no images.")
+                    "Trained on the corpus's train split, scored on dev with own, shuffled and no images, and with "
+                    "the gate forced open.")
     parser.add_argument("--model", required=True, help="a RIVA model directory (e.g. RUN/final or RUN/best)")
     parser.add_argument("--corpus", required=True, help="an MNER corpus folder in the IMGID format")
     parser.add_argument("--image-dir", default=None, help="the corpus images (default: CORPUS/images)")

@@ -58,7 +58,8 @@ CONFIGS = ["text", "image+text", "+RIVA(text)", "+RIVA(image+text)", "-RGN"]
 QUICK_CONFIGS = ["text", "image+text", "+RIVA(text)", "+RIVA(image+text)"]
 QUICK_PROBES = ["riva", "riva-text"]
 #: Row labels of the probe's conditions (``flair_riva.probe``).
-PROBE_CONDITIONS = {"own": "own images", "shuffled": "shuffled images", "no_image": "no image"}
+PROBE_CONDITIONS = {"own": "own images", "shuffled": "shuffled images", "no_image": "no image",
+                    "gate_open": "own images, gate forced open (s_G = 1)"}
 
 
 @dataclass
@@ -252,8 +253,8 @@ def probe_table(output: Path) -> str:
         if not (output / name / "probe.json").exists():
             continue
         report = json.loads((output / name / "probe.json").read_text(encoding="utf-8"))
-        lines += [row(f"{name}, {PROBE_CONDITIONS[c]}", acc)
-                  for c, acc in report["accuracy"].items() if c != "text_bow"]
+        lines += [row(f"{name}, {PROBE_CONDITIONS[c]}", acc) for c, acc in report["accuracy"].items()
+                  if c in PROBE_CONDITIONS and not (c == "gate_open" and name == "riva-nogate")]  # -RGN: = own
     report = json.loads((output / "riva" / "probe.json").read_text(encoding="utf-8"))
     if "text_bow" in report["accuracy"]:  # the same for every model: the text alone, no RIVA
         lines.append(row("no RIVA: bag of words of the tweet (text-only control)", report["accuracy"]["text_bow"]))

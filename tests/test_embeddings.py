@@ -168,6 +168,33 @@ def test_to_params_holds_the_config_object_the_vocab_and_every_argument(riva, tm
     rebuilt.load_state_dict(emb.state_dict())  # strict, as the tagger does
 
 
+def test_force_relevance_is_the_models_s_g_override(riva, tmp_path):
+    """The forced-gate control: s_G forced to 1 (every image let in) / 0 (= no image) for sentences with an
+    image; those without keep s_G = 0. It survives to_params/from_params."""
+    sentences = good_sentences()
+    paths = [s.get_metadata("image_path") if s.has_metadata("image_path") else None for s in sentences]
+    visual = ImageFeaturizer(riva.backbone)(paths)
+    token_lists = [[t.text for t in s] for s in sentences]
+    for value in (1.0, 0.0):
+        emb = RivaEmbeddings(riva, force_relevance=value, name=f"forced-{value}")
+        emb.embed(sentences)
+        with torch.no_grad():
+            expected, out = riva.embed(token_lists, visual, torch.full((len(sentences),), value))
+        for i, sentence in enumerate(sentences):
+            torch.testing.assert_close(vectors(sentence, emb.name), expected[i], atol=1e-6, rtol=1e-5)
+            assert sentence.get_metadata("riva_relevance") == (value if paths[i] is not None else 0.0)
+        assert emb.to_params()["force_relevance"] == value
+        assert RivaEmbeddings.from_params(copy.deepcopy(emb.to_params())).force_relevance == value
+    with torch.no_grad():  # the RGN's own s_G is not 1 here, so forcing it open changes the vectors
+        plain, free = riva.embed(token_lists, visual)
+        opened, _ = riva.embed(token_lists, visual, torch.ones(len(sentences)))
+    assert float(free.s_g[0]) < 0.99
+    assert not torch.allclose(plain[0], opened[0], atol=1e-4)
+    with pytest.raises(ValueError, match="force_relevance"):
+        RivaEmbeddings(riva, force_relevance=1.5)
+    assert RivaEmbeddings(riva).to_params()["force_relevance"] is None
+
+
 def test_batch_order_invariance(emb):
     forward, backward = good_sentences(), good_sentences()[::-1]
     emb.embed(forward)

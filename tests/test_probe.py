@@ -73,7 +73,7 @@ def test_run_probe_reports_every_condition_and_leaves_the_sentences_clean(world,
     train, dev = list(corpus.train), list(corpus.dev)
     truth = read_relation_truth(world.relation_truth_file)
     report = run_probe(model_dir, train, dev, relation_truth=truth, batch_size=16)
-    assert set(report.accuracy) == {"own", "shuffled", "no_image", "text_bow"}
+    assert set(report.accuracy) == {"own", "shuffled", "no_image", "gate_open", "text_bow"}
     assert report.counts["all"] > 0 and "image adds" in report.counts and report.train_entities > 0
     for condition in report.accuracy.values():
         assert set(condition) == set(report.counts)
@@ -91,7 +91,7 @@ def test_cli_prints_the_table_and_writes_json(world, model_dir, tmp_path, capsys
                  str(world.relation_truth_file), "--output", str(out), "--batch-size", "16"])
     assert code == 0
     assert "| dev entities |" in capsys.readouterr().out
-    assert set(json.loads(out.read_text())["accuracy"]) == {"own", "shuffled", "no_image", "text_bow"}
+    assert set(json.loads(out.read_text())["accuracy"]) == {"own", "shuffled", "no_image", "gate_open", "text_bow"}
 
 
 def test_cli_bad_model_is_one_error_line(world, tmp_path, capsys):

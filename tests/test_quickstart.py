@@ -103,3 +103,20 @@ def test_pretraining_seed_is_passed_and_a_model_of_another_seed_is_refused(tmp_p
     assert [job.name for job in quickstart.pretrain_jobs(world, tmp_path, 12, 40, ["riva"], seed=2)] == []
     with pytest.raises(SystemExit, match="pretrained with seed 2, not --pretrain-seed 1"):
         quickstart.pretrain_jobs(world, tmp_path, 12, 40, ["riva"], seed=1)
+
+
+def test_probe_table_rows_per_model_and_condition(tmp_path):
+    subsets = ("all", "image adds, text-ambiguous", "image doesn't add, text-ambiguous")
+    accuracy = {c: dict(zip(subsets, values)) for c, values in
+                {"own": (0.9, 0.95, 0.8), "shuffled": (0.7, 0.3, 0.8), "no_image": (0.7, 0.3, 0.8),
+                 "gate_open": (0.91, 0.95, 0.85), "text_bow": (0.6, 0.2, 0.9)}.items()}
+    for name in ("riva", "riva-nogate"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "probe.json").write_text(json.dumps(
+            {"accuracy": accuracy, "chance": dict(zip(subsets, (0.34, 0.39, 0.35)))}))
+    lines = quickstart.probe_table(tmp_path).splitlines()
+    assert "| riva, own images, gate forced open (s_G = 1) | 91.0 | 95.0 | 85.0 |" in lines
+    assert not any(line.startswith("| riva-nogate, own images, gate forced open") for line in lines)  # = own
+    assert sum(line.startswith("| riva-nogate,") for line in lines) == 3
+    assert lines[-2] == "| no RIVA: bag of words of the tweet (text-only control) | 60.0 | 20.0 | 90.0 |"
+    assert lines[-1] == "| chance (most frequent type) | 34.0 | 39.0 | 35.0 |"
