@@ -14,6 +14,26 @@ from flair_riva.scoring import require_seqeval
 
 # -- command line --------------------------------------------------------------------------------------
 
+def add_configs_argument(p: argparse.ArgumentParser, choices: list[str], help: str) -> None:
+    """``--configs A B ...`` (default ``None``: the caller's default), which also takes ``-RGN`` among its
+    values: argparse reads a value that starts with a dash as an option, so ``-RGN`` is also registered as
+    one that adds itself, and the values after it, to the same list (``--configs text -RGN +RIVA(text)``,
+    ``-RGN --configs text`` and ``--configs=-RGN`` all work)."""
+    p.add_argument("--configs", nargs="+", action="extend", default=None, choices=choices, metavar="CONFIG",
+                   help=help)
+    if "-RGN" in choices:
+        p.add_argument("-RGN", dest="configs", nargs="*", action=_DashRGN, choices=choices, metavar="CONFIG",
+                       help="the -RGN configuration (Table 6); also accepted among --configs' values")
+
+
+class _DashRGN(argparse.Action):
+    """``-RGN [CONFIG ...]``: appends ``-RGN`` and the configurations after it to ``dest``."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        # argparse checks the choices of each value itself (nargs="*"), so ``values`` are valid here
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), "-RGN", *values])
+
+
 def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
     """The tagger protocol's options (shared by the recipes)."""
     d = ExperimentArgs(corpus=None, name="", output=Path())
@@ -52,8 +72,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--flair-forward", type=Path, help="local Flair forward LM file")
     p.add_argument("--flair-backward", type=Path, help="local Flair backward LM file")
     p.add_argument("--feature-cache", type=Path, help="feature-cache folder for image features")
-    p.add_argument("--configs", nargs="+", default=None, choices=ALL_CONFIGS, metavar="CONFIG",
-                   help=f"subset of {ALL_CONFIGS}")
+    add_configs_argument(p, list(ALL_CONFIGS), f"subset of {ALL_CONFIGS}")
     add_protocol_arguments(p)
     return p
 
@@ -68,7 +87,7 @@ def main_for(corpus_cls, description: str, argv: list[str] | None = None) -> int
         corpus=corpus, name=corpus_cls.__name__, output=ns.output, word_vectors=ns.word_vectors,
         riva=ns.riva, riva_text=ns.riva_text, riva_nogate=ns.riva_nogate, bert=ns.bert,
         flair_forward=ns.flair_forward, flair_backward=ns.flair_backward, feature_cache=ns.feature_cache,
-        configs=ns.configs or list(ALL_CONFIGS), **protocol_kwargs(ns),
+        configs=list(dict.fromkeys(ns.configs or ALL_CONFIGS)), **protocol_kwargs(ns),
     )
     torch.set_num_threads(max(1, torch.get_num_threads()))
     _, text = run_experiments(args)

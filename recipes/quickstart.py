@@ -39,6 +39,7 @@ import torch
 from flair_riva import experiments as mner
 from flair_riva.datasets import TwitterMNERCorpus, read_relation_truth
 from flair_riva.demo import default_demo_root, generate_demo_world
+from flair_riva.experiments_cli import add_configs_argument
 from flair_riva.pretrain.state import read_metrics
 from flair_riva.scoring import require_seqeval
 
@@ -283,8 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="seed of RIVA's pretraining runs (%(default)s): the teacher, the pseudo-labels and the "
                              "student, so the gate, vary with it; one --output per pretraining seed")
     parser.add_argument("--jobs", type=int, default=2, help="processes at a time (one thread each)")
-    parser.add_argument("--configs", nargs="+", default=QUICK_CONFIGS, choices=CONFIGS,
-                        help="tagger configurations (%(default)s); -RGN must follow '--configs=' or use --all-configs")
+    add_configs_argument(parser, CONFIGS, f"tagger configurations (default {QUICK_CONFIGS}; -RGN may be among them)")
     parser.add_argument("--all-configs", action="store_true", help=f"train every configuration: {CONFIGS}")
     parser.add_argument("--probe", nargs="+", default=QUICK_PROBES, choices=list(MODELS),
                         help="models to probe (%(default)s)")
@@ -292,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     require_seqeval()  # before minutes of pretraining
     if args.all_configs:
         args.configs = list(CONFIGS)
+    args.configs = list(dict.fromkeys(args.configs or QUICK_CONFIGS))  # in the order given, each once
     # one intra-op thread per process: faster than two for these small LSTMs, and two processes use both cores
     os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the subprocesses
     torch.set_num_threads(1)

@@ -121,3 +121,20 @@ def test_a_run_folder_trained_again_starts_clean(tmp_path):
     mner.clear_run_dir(run)
     assert sorted(p.name for p in run.iterdir()) == ["keep.txt"]
     mner.clear_run_dir(tmp_path / "missing")  # nothing there: nothing to do
+
+
+def test_configs_take_the_dash_rgn_configuration_among_other_values():
+    """argparse reads '-RGN' as an option; the recipes' --configs accepts it anywhere, each config once."""
+    from flair_riva.experiments_cli import build_parser
+
+    def configs(*argv: str) -> list[str] | None:
+        return build_parser("x").parse_args(["corpus", "--output", "out", *argv]).configs
+
+    assert configs("--configs", "text", "-RGN", "+RIVA(text)") == ["text", "-RGN", "+RIVA(text)"]
+    assert configs("-RGN", "--configs", "text") == ["-RGN", "text"]
+    assert configs("--configs=-RGN") == ["-RGN"]
+    assert configs() is None  # the caller's default: every configuration whose models were given
+    with pytest.raises(SystemExit):
+        configs("--configs", "nonsense")
+    with pytest.raises(SystemExit):
+        configs("--configs", "text", "-RGN", "nonsense")
