@@ -88,6 +88,10 @@ class RivaConfig:
     gate_dropout: float = 0.1
     """Training only: the probability that an item's s_G is replaced by 0 on its way to the VLCN, so the
     no-image input (s_G = 0) is one the language model is trained on in every epoch."""
+    gate_open_rate: float = 0.0
+    """Training only, a deviation (default 0: off, as in the paper): the probability that an item with an
+    image has its s_G replaced by 1 on its way to the VLCN, so the language model also meets images the RGN
+    would keep out (those that contradict the text) and learns to discount them, as ``-RGN``'s does."""
 
     # -- regularisation (Table 2, "Misc.") ---------------------------------------------------------
     dropout: float = 0.5
@@ -110,6 +114,8 @@ class RivaConfig:
             raise ValueError(f"visual_norm must be one of {VISUAL_NORMS}, got {self.visual_norm!r}")
         if not 0.0 <= self.gate_dropout < 1.0:
             raise ValueError(f"gate_dropout must be in [0, 1), got {self.gate_dropout}")
+        if not 0.0 <= self.gate_open_rate < 1.0:
+            raise ValueError(f"gate_open_rate must be in [0, 1), got {self.gate_open_rate}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -187,6 +193,7 @@ INT_RANGES: dict[str, tuple[int, int]] = {
 }
 FLOAT_RANGES: dict[str, tuple[float, float]] = {
     "adaptive_softmax_div_value": (1.0, 64.0), "dropout": (0.0, 0.999999), "gate_dropout": (0.0, 0.999999),
+    "gate_open_rate": (0.0, 0.999999),
 }
 BOOL_FIELDS = ("freeze_word_vectors", "use_image", "gate")
 #: Values a retired field may hold in a 0.1.0 config (checked, then dropped).

@@ -122,6 +122,32 @@ def test_gate_ablation_gives_s_g_one_for_images(tiny_config, tiny_vocab, tiny_to
     assert out.s_g.tolist() == [1.0, 0.0, 1.0, 1.0, 1.0, 1.0]
 
 
+def test_gate_open_rate_lets_images_into_the_lm_in_training_only(tiny_config, tiny_vocab, tiny_token_lists):
+    """The switchable deviation: in training, items with an image reach the VLCN with s_G = 1 at the given
+    rate; the RGN's own s_G (the relation output) is unchanged, items without an image stay at 0, and in
+    evaluation nothing is opened."""
+    base = tiny_config.replace(dropout=0.0, gate_dropout=0.0)
+    torch.manual_seed(0)
+    plain = RivaModel(base, tiny_vocab)
+    opened = RivaModel(base.replace(gate_open_rate=0.999999), tiny_vocab)
+    opened.load_state_dict(plain.state_dict())
+    flags = [True, False, True, True, True, False]
+    text, visual = plain.encode(tiny_token_lists), random_visual(6, flags, seed=5)
+    plain.train(), opened.train()
+    with torch.no_grad():
+        forced = plain(text, visual, s_g_override=torch.ones(6))
+        free = plain(text, visual)
+        got = opened(text, visual)
+    torch.testing.assert_close(got.token_states, forced.token_states)
+    torch.testing.assert_close(got.s_g, free.s_g)  # what the RGN says is not changed
+    assert not torch.allclose(got.token_states, free.token_states)
+    plain.eval(), opened.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(opened(text, visual).token_states, plain(text, visual).token_states)
+    with pytest.raises(ValueError, match="gate_open_rate"):
+        base.replace(gate_open_rate=1.0)
+
+
 def test_text_only_ablation_has_no_rgn_vcn_inputs(tiny_config, tiny_vocab, tiny_token_lists):
     model = RivaModel(tiny_config.replace(use_image=False), tiny_vocab).eval()
     assert model.backbone is None

@@ -139,6 +139,9 @@ MODEL_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
                     {"choices": ("standardize", "layer")}),
     "gate_dropout": ("training only: probability that s_G is set to 0 on its way to the VLCN, so the no-image "
                      "input is trained every epoch (%(default)s)", {}),
+    "gate_open_rate": ("training only, a deviation (0 = off, the paper): probability that s_G is set to 1 on its "
+                       "way to the VLCN for an item with an image, so the LM learns to discount images the text "
+                       "contradicts (%(default)s; README)", {}),
     "max_vocab_size": ("size cap of the LM's output vocabulary (%(default)s)", {}),
     "min_word_count": ("minimum count of a vocabulary word (%(default)s)", {}),
     "dropout": ("dropout rate (%(default)s)", {}),
@@ -148,7 +151,7 @@ ORDER = {
     DATA: ("relation_data", "unlabelled", "image_dir", "word_vectors", "output", "demo_dir", "demo_scale"),
     MODEL: ("word_dim", "char_dim", "char_hidden_size", "rgn_hidden_size", "rgn_layers", "vlcn_hidden_size",
             "vlcn_layers", "num_heads", "backbone", "backbone_weights", "freeze_backbone", "feature_cache", "use_image",
-            "gate", "vlcn_visual", "visual_norm", "gate_dropout", "max_vocab_size", "min_word_count",
+            "gate", "vlcn_visual", "visual_norm", "gate_dropout", "gate_open_rate", "max_vocab_size", "min_word_count",
             "fine_tune_word_vectors"),
     OPTIM: ("epochs", "teacher_epochs", "batch_size", "length_buckets", "dropout", "optimizer", "lr", "backbone_lr",
             "teacher", "student_init", "rgn_lr_factor", "clip", "anneal_factor", "patience"),
@@ -200,7 +203,7 @@ def check_model_options(values: dict[str, Any]) -> None:
         value, (lo, hi) = values.get(name), INT_RANGES[name]
         if value is not None and not lo <= value <= hi:
             raise PretrainError(f"--{name.replace('_', '-')} must be in [{lo}, {hi}], got {value}")
-    for name, hi in (("gate_dropout", 1.0), ("dropout", 1.0)):
+    for name, hi in (("gate_dropout", 1.0), ("gate_open_rate", 1.0), ("dropout", 1.0)):
         value = values.get(name)
         if value is not None and (not math.isfinite(value) or not 0.0 <= value < hi):
             raise PretrainError(f"--{name.replace('_', '-')} must be a finite number in [0, 1), got {value}")
