@@ -147,6 +147,9 @@ class RivaEmbeddings(TokenEmbeddings):
     ``fine_tune=True`` never uses it. Not saved; emptied when weights are loaded (``load_state_dict``). Weights
     changed in place otherwise need :meth:`clear_vector_memo`."""
 
+    force_relevance: float | None = None
+    """The constructor's ``force_relevance`` (a class default as well, for embeddings pickled before it existed)."""
+
     def __init__(
         self,
         model: str | Path | RivaModel,
@@ -322,7 +325,7 @@ class RivaEmbeddings(TokenEmbeddings):
         """Per-sentence token states (T_i, 2H), s_G (B,) and the Eq. (8) attention (B, R) or None.
 
         The model handles sentences without an image (s_G = 0; :meth:`RivaModel.forward`)."""
-        value = getattr(self, "force_relevance", None)  # None in embeddings pickled before it existed
+        value = self.force_relevance
         forced = None if value is None else torch.full((len(token_lists),), value)
         states, out = self.model.embed(token_lists, visual, forced)
         attention = out.attention.detach().float().cpu() if out.attention is not None else None

@@ -362,7 +362,8 @@ def _epochs_run(run_dir: Path) -> int:
     return max(0, len(path.read_text(encoding="utf-8").strip().splitlines()) - 1)
 
 
-def _mean_std(values: list[float]) -> str:
+def mean_std(values: list[float]) -> str:
+    """``mean ± std`` in %.2f of the values that are not NaN (one value: itself; none: ``–``)."""
     values = [v for v in values if not math.isnan(v)]
     if not values:
         return "–"
@@ -393,7 +394,7 @@ def write_results(rows: list[dict], args: ExperimentArgs, skipped: dict[str, str
         writer.writerows(rows)
 
     def agg(config: str, key: str) -> str:
-        return _mean_std([r[key] for r in rows if r["config"] == config and key in r])
+        return mean_std([r[key] for r in rows if r["config"] == config and key in r])
 
     def table(title: str, configs: list[str], cols: list[tuple[str, str]]) -> list[str]:
         present = [c for c in configs if any(r["config"] == c for r in rows)]

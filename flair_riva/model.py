@@ -266,7 +266,7 @@ class RivaModel(nn.Module):
         if self.training and c.gate_dropout > 0:
             # the no-image input (s_G = 0) is trained in every epoch (RivaConfig.gate_dropout)
             s_g_lm = s_g * (torch.rand_like(s_g) >= c.gate_dropout).to(s_g.dtype)
-        if self.training and getattr(c, "gate_open_rate", 0.0) > 0 and visual is not None:
+        if self.training and c.gate_open_rate > 0 and visual is not None:
             # a deviation, off by default: images the RGN keeps out reach the LM too (RivaConfig.gate_open_rate)
             opened = (torch.rand_like(s_g) < c.gate_open_rate) & visual.has_image.to(s_g.device, torch.bool)
             s_g_lm = torch.where(opened, torch.ones_like(s_g_lm), s_g_lm)

@@ -40,6 +40,7 @@ from flair_riva import experiments as mner
 from flair_riva.datasets import TwitterMNERCorpus, read_relation_truth
 from flair_riva.demo import default_demo_root, generate_demo_world
 from flair_riva.experiments_cli import add_configs_argument
+from flair_riva.pretrain.run_folder import read_run_args
 from flair_riva.pretrain.state import read_metrics
 from flair_riva.scoring import require_seqeval
 
@@ -158,8 +159,7 @@ def pretrain_jobs(world, output: Path, epochs: int, teacher_epochs: int, names: 
         if names is not None and name not in names:
             continue
         if (output / name / "final" / "config.json").exists():
-            run_args = output / name / "run_args.json"
-            used = json.loads(run_args.read_text())["args"].get("seed") if run_args.is_file() else None
+            used = (read_run_args(output / name) or {}).get("seed")
             if used is not None and used != seed:
                 raise SystemExit(f"{output / name} was pretrained with seed {used}, not --pretrain-seed {seed}: "
                                  "use another --output, or the same --pretrain-seed")

@@ -21,14 +21,15 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import statistics
 import sys
 from collections import Counter, defaultdict, deque
+from dataclasses import dataclass
 from pathlib import Path
 
 from flair_riva.datasets import TwitterMNERCorpus
 from flair_riva.demo_tweets import TYPE_KIND
+from flair_riva.experiments import mean_std
 from flair_riva.scoring import bio_spans
 
 SUBSETS = ("image adds", "doesn't add, misleading image", "doesn't add, unrelated picture")
@@ -61,31 +62,44 @@ def read_predictions(path: Path) -> list[list[tuple[str, str, str]]]:
     return sentences
 
 
-def subset_f1(run: Path, image_of: dict[tuple[str, ...], deque], subset: dict[str, str],
-              names: tuple[str, ...] = SUBSETS) -> dict[str, float]:
-    """Span micro F1 of one tagger run on each subset (``subset``: image id -> one of ``names``; :data:`ALL`
-    among ``names`` scores every tweet); each predicted sentence is matched to a test tweet by its tokens
-    (tweets with the same tokens in file order)."""
-    counts = {name: [0, 0, 0] for name in names}  # true positives, predicted, gold
+@dataclass
+class Run:
+    """One tagger run's test predictions, each sentence matched to its test tweet (read once)."""
+
+    config: str
+    spans: list[tuple[str, set, set]]
+    """(image id, gold spans, predicted spans) per test sentence."""
+
+
+def read_run(run: Path, image_of: dict[tuple[str, ...], list[str]]) -> Run:
+    """A run folder's ``test.tsv``, each predicted sentence matched to a test tweet by its tokens (tweets with
+    the same tokens in file order), and its configuration's name as the tables print it (``result.json``;
+    else the folder's)."""
     queues = {tokens: deque(ids) for tokens, ids in image_of.items()}
+    spans = []
     for sentence in read_predictions(run / "test.tsv"):
         tokens = tuple(t for t, _, _ in sentence)
         if not queues.get(tokens):
             raise SystemExit(f"{run / 'test.tsv'}: not a test tweet of this world: {' '.join(tokens)}")
-        gold, pred = bio_spans([g for _, g, _ in sentence]), bio_spans([p for _, _, p in sentence])
-        for name in (subset[queues[tokens].popleft()], ALL):
+        spans.append((queues[tokens].popleft(), bio_spans([g for _, g, _ in sentence]),
+                      bio_spans([p for _, _, p in sentence])))
+    result = run / "result.json"
+    config = json.loads(result.read_text())["config"] if result.is_file() else run.name.rsplit("-seed", 1)[0]
+    return Run(config, spans)
+
+
+def subset_f1(run: Run, subset: dict[str, str], names: tuple[str, ...]) -> dict[str, float]:
+    """Span micro F1 of one tagger run on each subset (``subset``: image id -> one of ``names``; :data:`ALL`
+    among ``names`` scores every tweet); NaN for a subset without tweets."""
+    counts = {name: [0, 0, 0] for name in names}  # true positives, predicted, gold
+    for image_id, gold, pred in run.spans:
+        for name in (subset[image_id], ALL):
             if name in counts:
                 c = counts[name]
                 c[0] += len(gold & pred)
                 c[1] += len(pred)
                 c[2] += len(gold)
     return {name: 200 * tp / (p + g) if p + g else float("nan") for name, (tp, p, g) in counts.items()}
-
-
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return "–"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = sorted(p for p in folder.iterdir() if (p / "test.tsv").is_file())
         if not runs:
             raise SystemExit(f"no run folder with a test.tsv under {folder}")
-        groups.append(runs)
-    print_table([(runs, subset) for runs in groups], test, image_of, (ALL, *SUBSETS))
+        groups.append([read_run(run, image_of) for run in runs])
+    print_table([(runs, subset) for runs in groups], test, (ALL, *SUBSETS))
     if args.riva is not None:
         from flair_riva.experiments import relevance_of
 
@@ -124,27 +138,23 @@ def main(argv: list[str] | None = None) -> int:
         by_rgn = [{s.get_metadata("image_id"): RGN_SUBSETS[0] if g >= 0.5 else RGN_SUBSETS[1]
                    for s, g in zip(test, model)} for model in gates]
         print("\nTable 6 as the paper splits it, each folder's runs by its model's RGN (s_G >= 0.5: image adds):\n")
-        print_table(list(zip(groups, by_rgn)), test, image_of, RGN_SUBSETS)
+        print_table(list(zip(groups, by_rgn)), test, RGN_SUBSETS)
     return 0
 
 
-def print_table(groups: list[tuple[list[Path], dict[str, str]]], test: list,
-                image_of: dict[tuple[str, ...], list[str]], names: tuple[str, ...]) -> None:
+def print_table(groups: list[tuple[list[Run], dict[str, str]]], test: list, names: tuple[str, ...]) -> None:
     """One markdown row per configuration: span F1, mean ± std over all its runs, on each subset of ``names``.
-    ``groups``: (run folders, image id -> subset), one per pretraining run; the subsets' sizes are given per
-    group when they differ."""
+    ``groups``: (runs, image id -> subset), one per pretraining run; the subsets' sizes are given per group
+    when they differ."""
     sizes = [[sum(name in (subset[s.get_metadata("image_id")], ALL) for s in test) for _, subset in groups]
              for name in names]
     scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     n_runs: Counter = Counter()
     for runs, subset in groups:
         for run in runs:
-            result = run / "result.json"  # the configuration's name as the tables print it; else the folder's
-            config = json.loads(result.read_text())["config"] if result.is_file() else run.name.rsplit("-seed", 1)[0]
-            n_runs[config] += 1
-            for name, f1 in subset_f1(run, image_of, subset, names).items():
-                if not math.isnan(f1):  # a subset without tweets in this group has no score
-                    scores[config][name].append(f1)
+            n_runs[run.config] += 1
+            for name, f1 in subset_f1(run, subset, names).items():
+                scores[run.config][name].append(f1)  # NaN (no tweets in this group) is left out by mean_std
     print("| tagger | runs | " + " | ".join(
         f"{name} (n = {' / '.join(map(str, n)) if len(set(n)) > 1 else n[0]})" for name, n in zip(names, sizes)) + " |")
     print("|---|---:|" + "---:|" * len(names))
